@@ -1,0 +1,570 @@
+//! Configuration: TOML → typed structs (`deny_unknown_fields` everywhere) → [`Config::validate`],
+//! which collects every problem at once with the key path, so `check-config` can list them all.
+//!
+//! Relative paths in the file are resolved against the directory of the config file itself, so
+//! `smsgate serve --config /etc/smsgate/smsgate.toml` behaves the same from any working
+//! directory.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that could not be loaded or is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type or an unknown key; the message carries line and column.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File that failed.
+        path: PathBuf,
+        /// The parser's explanation, with the line it points at.
+        message: String,
+    },
+    /// The file parsed, but some values are not acceptable; each entry names its key.
+    #[error("{path}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        /// File that failed.
+        path: PathBuf,
+        /// One sentence per problem, starting with the key path.
+        problems: Vec<String>,
+    },
+}
+
+/// A secret from the config: never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the sled store and the audit log.
+    pub data_dir: PathBuf,
+    /// The HTTPS API listener.
+    pub api: ApiConfig,
+    /// The Prometheus listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Store tuning.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Dispatch and retry policy.
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Carriers (SMSCs) to submit to.
+    #[serde(default)]
+    pub carriers: Vec<CarrierConfig>,
+    /// Destination prefix → carriers. Empty means one catch-all route over every carrier.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; required unless `plaintext = true`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (only behind a TLS-terminating proxy).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Required as well as `plaintext` when `listen` is not a loopback address.
+    #[serde(default)]
+    pub allow_plaintext_behind_proxy: bool,
+    /// Longest accepted message body, in characters.
+    #[serde(default = "default_max_body_chars")]
+    pub max_body_chars: usize,
+}
+
+fn default_max_body_chars() -> usize {
+    1600
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listener for `/metrics`; loopback by default.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: default_metrics_listen() }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled page cache, in MiB.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+    /// Most operations folded into one group commit.
+    #[serde(default = "default_group_commit_max")]
+    pub group_commit_max: usize,
+}
+
+fn default_cache_mb() -> u64 {
+    256
+}
+fn default_group_commit_max() -> usize {
+    2048
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { cache_mb: default_cache_mb(), group_commit_max: default_group_commit_max() }
+    }
+}
+
+/// `[dispatch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Submission attempts before a message fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Longest retry delay.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Validity when a message does not set `validity_seconds`.
+    #[serde(default = "default_validity_secs")]
+    pub default_validity_secs: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_retry_base_ms() -> u64 {
+    1_000
+}
+fn default_retry_max_ms() -> u64 {
+    300_000
+}
+fn default_validity_secs() -> u64 {
+    48 * 3600
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            default_validity_secs: default_validity_secs(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directives, e.g. `info,smsgate::smpp=debug`. `RUST_LOG` overrides.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `human` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_log_level(), format: LogFormat::Human }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[[carriers]]`: one SMSC and how to talk to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarrierConfig {
+    /// Unique name; appears in metrics labels and message records.
+    pub name: String,
+    /// SMSC host name or address.
+    pub host: String,
+    /// SMSC port.
+    pub port: u16,
+    /// SMPP over TLS (default) or plain TCP.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// PEM bundle of CAs to trust instead of the built-in public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the SMSC certificate when it differs from `host`.
+    pub server_name: Option<String>,
+    /// Client certificate (PEM) for carriers that ask for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) for `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// SMPP `system_id`.
+    pub system_id: String,
+    /// Environment variable that holds the bind password.
+    pub password_env: Option<String>,
+    /// File that holds the bind password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// SMPP `system_type`.
+    #[serde(default)]
+    pub system_type: String,
+    /// Sessions to keep bound.
+    #[serde(default = "default_binds")]
+    pub binds: usize,
+    /// Outstanding `submit_sm` per bind.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// `submit_sm` per second across all binds; 0 = unlimited.
+    #[serde(default)]
+    pub rate: u32,
+    /// Burst allowance for `rate`.
+    #[serde(default)]
+    pub burst: u32,
+    /// Seconds between `enquire_link`s on an idle bind.
+    #[serde(default = "default_enquire_link_secs")]
+    pub enquire_link_secs: u64,
+    /// Seconds to wait for any response before the bind is recycled.
+    #[serde(default = "default_response_timeout_secs")]
+    pub response_timeout_secs: u64,
+    /// Sender used when a message has no `from`.
+    pub default_source: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_binds() -> usize {
+    1
+}
+fn default_window() -> usize {
+    10
+}
+fn default_enquire_link_secs() -> u64 {
+    30
+}
+fn default_response_timeout_secs() -> u64 {
+    10
+}
+
+impl CarrierConfig {
+    /// Interval between keep-alives.
+    pub fn enquire_link_interval(&self) -> Duration {
+        Duration::from_secs(self.enquire_link_secs)
+    }
+    /// Longest wait for a response PDU.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_secs(self.response_timeout_secs)
+    }
+
+    /// Reads the bind password from the environment variable or file the config names.
+    pub fn password(&self) -> Result<Secret, String> {
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map(Secret::new)
+                .map_err(|_| format!("environment variable {var} is not set"));
+        }
+        if let Some(path) = &self.password_file {
+            return std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim_end_matches(['\r', '\n'])))
+                .map_err(|e| format!("cannot read {}: {e}", path.display()));
+        }
+        Ok(Secret::default())
+    }
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// E.164 prefix, `+` for everything; the longest matching prefix wins.
+    pub prefix: String,
+    /// Carrier names in failover order.
+    pub carriers: Vec<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, path, base)
+    }
+
+    /// Parses and validates TOML text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.resolve_paths(base);
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        self.api.tls_cert.as_mut().map(fix);
+        self.api.tls_key.as_mut().map(fix);
+        for c in &mut self.carriers {
+            c.ca_file.as_mut().map(fix);
+            c.client_cert.as_mut().map(fix);
+            c.client_key.as_mut().map(fix);
+            c.password_file.as_mut().map(fix);
+        }
+    }
+
+    /// Every problem with the values, one sentence each, prefixed with the key path.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let api = &self.api;
+        match (&api.tls_cert, &api.tls_key, api.plaintext) {
+            (Some(_), Some(_), false) => {}
+            (None, None, true) => {
+                if !api.listen.ip().is_loopback() && !api.allow_plaintext_behind_proxy {
+                    p.push(format!(
+                        "api.plaintext: plain HTTP on non-loopback address {} needs \
+                         allow_plaintext_behind_proxy = true (and a TLS-terminating proxy in front)",
+                        api.listen
+                    ));
+                }
+            }
+            (_, _, true) => p.push("api.plaintext: set either plaintext = true or tls_cert/tls_key, not both".into()),
+            _ => p.push("api.tls_cert and api.tls_key are both required (or plaintext = true behind a TLS proxy)".into()),
+        }
+        if !(1..=10_000).contains(&api.max_body_chars) {
+            p.push("api.max_body_chars: must be between 1 and 10000".into());
+        }
+        if self.store.group_commit_max == 0 {
+            p.push("store.group_commit_max: must be at least 1".into());
+        }
+        if self.dispatch.max_attempts == 0 {
+            p.push("dispatch.max_attempts: must be at least 1".into());
+        }
+        if self.dispatch.retry_base_ms == 0 || self.dispatch.retry_max_ms < self.dispatch.retry_base_ms {
+            p.push("dispatch.retry_base_ms/retry_max_ms: need 0 < retry_base_ms <= retry_max_ms".into());
+        }
+        if self.carriers.is_empty() {
+            p.push("carriers: at least one [[carriers]] entry is needed".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.carriers.iter().enumerate() {
+            let at = format!("carriers[{i}] ({})", c.name);
+            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                p.push(format!("{at}.name: use letters, digits, '-' and '_' only"));
+            }
+            if !names.insert(c.name.as_str()) {
+                p.push(format!("{at}.name: duplicate carrier name"));
+            }
+            if c.host.is_empty() {
+                p.push(format!("{at}.host: must not be empty"));
+            }
+            if c.port == 0 {
+                p.push(format!("{at}.port: must not be 0"));
+            }
+            if c.system_id.is_empty() || c.system_id.len() > 15 {
+                p.push(format!("{at}.system_id: 1 to 15 characters (SMPP 3.4 §5.2.1)"));
+            }
+            if c.system_type.len() > 12 {
+                p.push(format!("{at}.system_type: at most 12 characters"));
+            }
+            if c.password_env.is_some() && c.password_file.is_some() {
+                p.push(format!("{at}: set password_env or password_file, not both"));
+            }
+            match c.password() {
+                Ok(pw) if pw.expose().len() > 8 => {
+                    p.push(format!("{at}: the bind password is longer than SMPP 3.4's 8 characters"))
+                }
+                Ok(_) => {}
+                Err(e) => p.push(format!("{at}.password: {e}")),
+            }
+            if !(1..=64).contains(&c.binds) {
+                p.push(format!("{at}.binds: between 1 and 64"));
+            }
+            if !(1..=1000).contains(&c.window) {
+                p.push(format!("{at}.window: between 1 and 1000"));
+            }
+            if c.enquire_link_secs == 0 || c.response_timeout_secs == 0 {
+                p.push(format!("{at}: enquire_link_secs and response_timeout_secs must be at least 1"));
+            }
+            if !c.tls && (c.ca_file.is_some() || c.client_cert.is_some()) {
+                p.push(format!("{at}: ca_file/client_cert need tls = true"));
+            }
+            if c.client_cert.is_some() != c.client_key.is_some() {
+                p.push(format!("{at}: client_cert and client_key go together"));
+            }
+            for (key, file) in [("ca_file", &c.ca_file), ("client_cert", &c.client_cert), ("client_key", &c.client_key)] {
+                if let Some(f) = file
+                    && !f.is_file()
+                {
+                    p.push(format!("{at}.{key}: {} does not exist", f.display()));
+                }
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !r.prefix.starts_with('+') || !r.prefix[1..].bytes().all(|b| b.is_ascii_digit()) {
+                p.push(format!("routes[{i}].prefix: '+' followed by digits, or '+' alone"));
+            }
+            if r.carriers.is_empty() {
+                p.push(format!("routes[{i}].carriers: name at least one carrier"));
+            }
+            for name in &r.carriers {
+                if !names.contains(name.as_str()) {
+                    p.push(format!("routes[{i}].carriers: no carrier named '{name}'"));
+                }
+            }
+        }
+        p
+    }
+
+    /// Carrier names in failover order for a destination: the longest matching route prefix,
+    /// or every carrier in config order when no routes are configured.
+    pub fn route(&self, destination: &str) -> Option<Vec<String>> {
+        if self.routes.is_empty() {
+            return Some(self.carriers.iter().map(|c| c.name.clone()).collect());
+        }
+        self.routes
+            .iter()
+            .filter(|r| destination.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| r.carriers.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+data_dir = "data"
+[api]
+listen = "127.0.0.1:8443"
+plaintext = true
+[[carriers]]
+name = "acme"
+host = "localhost"
+port = 2775
+tls = false
+system_id = "gw"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Path::new("/base"))
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/base/data"));
+        assert_eq!(c.carriers[0].window, 10);
+        assert_eq!(c.route("+14155550123"), Some(vec!["acme".to_string()]));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let err = parse(&MINIMAL.replace("tls = false", "tls = false\nwindow_size = 5")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("window_size") && msg.contains("line"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        let err = parse(&MINIMAL.replace("port = 2775", "port = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let text = MINIMAL.replace("system_id = \"gw\"", "system_id = \"\"\nbinds = 0\nwindow = 0")
+            + "[[routes]]\nprefix = \"1\"\ncarriers = [\"nope\"]\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("expected Invalid") };
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+    }
+
+    #[test]
+    fn plaintext_on_public_address_needs_the_proxy_switch() {
+        let text = MINIMAL.replace("127.0.0.1:8443", "0.0.0.0:8443");
+        assert!(parse(&text).is_err());
+        assert!(parse(&text.replace("plaintext = true", "plaintext = true\nallow_plaintext_behind_proxy = true")).is_ok());
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let text = MINIMAL.to_string()
+            + "[[carriers]]\nname = \"uk\"\nhost = \"h\"\nport = 1\ntls = false\nsystem_id = \"x\"\n"
+            + "[[routes]]\nprefix = \"+\"\ncarriers = [\"acme\"]\n[[routes]]\nprefix = \"+44\"\ncarriers = [\"uk\", \"acme\"]\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.route("+447911123456").unwrap(), vec!["uk", "acme"]);
+        assert_eq!(c.route("+14155550123").unwrap(), vec!["acme"]);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

@@ -1,0 +1,19 @@
+//! smsgate: an SMS carrier gateway and durable message queue.
+//!
+//! Data flow: `api` validates and authenticates a send, `store` makes it durable (group
+//! commit + fdatasync) before the 202, `dispatch` takes due messages and submits them through
+//! a carrier's `smpp::session` binds, and receipts coming back as `deliver_sm` are correlated
+//! in the store. `sim` is an SMSC simulator for the demo and tests.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod fsutil;
+pub mod message;
+pub mod metrics;
+pub mod phone;
+pub mod smpp;
+pub mod store;
+pub mod text;
+pub mod tls;

@@ -1,0 +1,203 @@
+//! The message record: what the store keeps per accepted message and what
+//! `GET /v1/messages/{id}` shows (minus the content).
+
+use serde::{Deserialize, Serialize};
+
+use crate::text::Encoding;
+
+/// Lifecycle of a message. Names are the API's (DESIGN.md "Statuses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted, waiting for its turn.
+    Queued,
+    /// Accepted with a due time in the future (send_at, quiet hours, retry backoff).
+    Scheduled,
+    /// Handed to a bind; no `submit_sm_resp` yet.
+    Submitting,
+    /// Every segment has a carrier message id.
+    Submitted,
+    /// Every segment's receipt says delivered.
+    Delivered,
+    /// The carrier could not deliver it.
+    Undeliverable,
+    /// Validity ran out, at the carrier or here.
+    Expired,
+    /// The carrier rejected it.
+    Rejected,
+    /// Permanent error or attempts exhausted.
+    Failed,
+    /// Cancelled through the API before submission.
+    Cancelled,
+    /// An opt-out was found after accept.
+    Blocked,
+}
+
+impl Status {
+    /// Final statuses never change again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Status::Delivered
+                | Status::Undeliverable
+                | Status::Expired
+                | Status::Rejected
+                | Status::Failed
+                | Status::Cancelled
+                | Status::Blocked
+        )
+    }
+
+    /// Name as the API and metrics show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Scheduled => "scheduled",
+            Status::Submitting => "submitting",
+            Status::Submitted => "submitted",
+            Status::Delivered => "delivered",
+            Status::Undeliverable => "undeliverable",
+            Status::Expired => "expired",
+            Status::Rejected => "rejected",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Blocked => "blocked",
+        }
+    }
+}
+
+/// Who the message goes to and what it says: the part that is PHI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    /// Destination, E.164.
+    pub to: String,
+    /// Sender id, if the client set one.
+    pub from: Option<String>,
+    /// The text.
+    pub body: String,
+}
+
+/// One step in a message's life, shown in the API's `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Status entered.
+    pub status: Status,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Carrier, error code or other short detail; never content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One `submit_sm` of a (possibly concatenated) message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The carrier's message id from `submit_sm_resp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_message_id: Option<String>,
+    /// Final state from this part's receipt, once it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Status>,
+}
+
+/// Why a message failed, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable snake_case code.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+    /// The SMPP `command_status` or receipt error the carrier gave, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_status: Option<u32>,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Public id (ULID).
+    pub id: String,
+    /// API key that sent it; only that key may read it.
+    pub key_id: String,
+    /// Accept order, for FIFO within a due time.
+    pub seq: u64,
+    /// Destination, sender and text.
+    pub content: Content,
+    /// The client's own reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ref: Option<String>,
+    /// Where status webhooks go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Message category (`urgent` bypasses quiet hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// GSM-7 or UCS-2.
+    pub encoding: Encoding,
+    /// Number of `submit_sm` the message needs.
+    pub segments: u32,
+    /// Accepted at, ms since the epoch.
+    pub created_ms: u64,
+    /// Not to be submitted before (ms).
+    pub due_ms: u64,
+    /// Given up on at (ms): the validity deadline.
+    pub expires_ms: u64,
+    /// Current status.
+    pub status: Status,
+    /// Carriers to try, in order.
+    pub route: Vec<String>,
+    /// Carrier it was submitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<String>,
+    /// Per-segment carrier ids and receipts.
+    pub parts: Vec<Part>,
+    /// Submission attempts so far.
+    pub attempts: u32,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// Status changes with timestamps.
+    pub history: Vec<Event>,
+}
+
+impl Message {
+    /// Moves to `status` and records it in the history.
+    pub fn set_status(&mut self, status: Status, at_ms: u64, detail: Option<String>) {
+        self.status = status;
+        self.history.push(Event { status, at_ms, detail });
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Renders epoch milliseconds as RFC 3339 UTC (`2026-11-22T20:03:29.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    match jiff::Timestamp::from_millisecond(ms as i64) {
+        Ok(ts) => format!("{ts:.3}"),
+        Err(_) => String::from("invalid-time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+    }
+
+    #[test]
+    fn final_statuses() {
+        assert!(Status::Delivered.is_final());
+        assert!(!Status::Submitted.is_final());
+        assert_eq!(serde_json::to_string(&Status::Undeliverable).unwrap(), "\"undeliverable\"");
+    }
+}

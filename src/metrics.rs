@@ -1,0 +1,170 @@
+//! Prometheus metrics: the names from DESIGN.md (prefix `smsgate_`), the recorder, and small
+//! helpers so the rest of the code never spells a metric name.
+//!
+//! Labels carry carrier names, routes, statuses and keywords only: never a number or a body.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// `api_requests_total{route,status}`
+pub const API_REQUESTS: &str = "smsgate_api_requests_total";
+/// `api_request_duration_seconds{route}`
+pub const API_REQUEST_DURATION: &str = "smsgate_api_request_duration_seconds";
+/// `messages_accepted_total`
+pub const MESSAGES_ACCEPTED: &str = "smsgate_messages_accepted_total";
+/// `messages_submitted_total{carrier}`
+pub const MESSAGES_SUBMITTED: &str = "smsgate_messages_submitted_total";
+/// `messages_final_total{carrier,status}`
+pub const MESSAGES_FINAL: &str = "smsgate_messages_final_total";
+/// `submit_latency_seconds{carrier}`: accept → `submit_sm_resp`.
+pub const SUBMIT_LATENCY: &str = "smsgate_submit_latency_seconds";
+/// `delivery_latency_seconds{carrier}`: accept → receipt.
+pub const DELIVERY_LATENCY: &str = "smsgate_delivery_latency_seconds";
+/// `queue_depth{carrier}`
+pub const QUEUE_DEPTH: &str = "smsgate_queue_depth";
+/// `smpp_binds{carrier,state}`
+pub const SMPP_BINDS: &str = "smsgate_smpp_binds";
+/// `smpp_throttled_total{carrier}`
+pub const SMPP_THROTTLED: &str = "smsgate_smpp_throttled_total";
+/// `smpp_window_in_use{carrier}`
+pub const SMPP_WINDOW_IN_USE: &str = "smsgate_smpp_window_in_use";
+/// `smpp_generic_nack_total{carrier,direction}`: malformed or unknown PDUs.
+pub const SMPP_GENERIC_NACK: &str = "smsgate_smpp_generic_nack_total";
+/// `receipts_total{carrier,result}`: matched, orphan (before its resp), unknown.
+pub const RECEIPTS: &str = "smsgate_receipts_total";
+/// `inbound_total{carrier,kind}`
+pub const INBOUND: &str = "smsgate_inbound_total";
+/// `optouts_total{keyword}`
+pub const OPTOUTS: &str = "smsgate_optouts_total";
+/// `store_commit_seconds`
+pub const STORE_COMMIT: &str = "smsgate_store_commit_seconds";
+/// `store_commit_batch_size`
+pub const STORE_COMMIT_BATCH: &str = "smsgate_store_commit_batch_size";
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const DELIVERY_BUCKETS: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle) and starts
+/// its upkeep task, without which histogram buffers grow without bound.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), DELIVERY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_COMMIT_BATCH.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS));
+            let handle = match builder.and_then(|b| b.install_recorder()) {
+                Ok(h) => h,
+                // Another recorder is installed (a test harness): keep a private one for rendering.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .ok();
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(API_REQUESTS, "API requests by route and HTTP status");
+    describe_histogram!(API_REQUEST_DURATION, Unit::Seconds, "API request handling time");
+    describe_counter!(MESSAGES_ACCEPTED, "Messages accepted (durably stored, 202 sent)");
+    describe_counter!(MESSAGES_SUBMITTED, "Messages fully submitted (every segment has a carrier id)");
+    describe_counter!(MESSAGES_FINAL, "Messages that reached a final status");
+    describe_histogram!(SUBMIT_LATENCY, Unit::Seconds, "Accept to submit_sm_resp of the last segment");
+    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Accept to final delivery receipt");
+    describe_gauge!(QUEUE_DEPTH, "Messages waiting to be submitted");
+    describe_gauge!(SMPP_BINDS, "SMPP sessions by state");
+    describe_counter!(SMPP_THROTTLED, "submit_sm answered with ESME_RTHROTTLED or ESME_RMSGQFUL");
+    describe_gauge!(SMPP_WINDOW_IN_USE, "Outstanding submit_sm across a carrier's binds");
+    describe_counter!(SMPP_GENERIC_NACK, "generic_nack sent (direction=sent) or received");
+    describe_counter!(RECEIPTS, "Delivery receipts by correlation result");
+    describe_counter!(INBOUND, "deliver_sm received, by kind (receipt, mo)");
+    describe_counter!(OPTOUTS, "Opt-outs recorded, by keyword");
+    describe_histogram!(STORE_COMMIT, Unit::Seconds, "Group commit: apply + flush + fdatasync");
+    describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
+}
+
+/// Records one group commit.
+pub fn store_commit(seconds: f64, ops: u64) {
+    histogram!(STORE_COMMIT).record(seconds);
+    histogram!(STORE_COMMIT_BATCH).record(ops as f64);
+}
+
+/// Records one API request.
+pub fn api_request(route: &'static str, status: u16, seconds: f64) {
+    counter!(API_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(API_REQUEST_DURATION, "route" => route).record(seconds);
+}
+
+/// Messages accepted.
+pub fn accepted(n: u64) {
+    counter!(MESSAGES_ACCEPTED).increment(n);
+}
+
+/// A message fully submitted, `latency` after accept.
+pub fn submitted(carrier: &str, latency_secs: f64) {
+    counter!(MESSAGES_SUBMITTED, "carrier" => carrier.to_string()).increment(1);
+    histogram!(SUBMIT_LATENCY, "carrier" => carrier.to_string()).record(latency_secs);
+}
+
+/// A message reached a final status.
+pub fn finished(carrier: &str, status: &'static str) {
+    counter!(MESSAGES_FINAL, "carrier" => carrier.to_string(), "status" => status).increment(1);
+}
+
+/// A final receipt, `latency` after accept.
+pub fn delivered(carrier: &str, latency_secs: f64) {
+    histogram!(DELIVERY_LATENCY, "carrier" => carrier.to_string()).record(latency_secs);
+}
+
+/// Queue depth of a carrier.
+pub fn queue_depth(carrier: &str, depth: usize) {
+    gauge!(QUEUE_DEPTH, "carrier" => carrier.to_string()).set(depth as f64);
+}
+
+/// Bind state gauge: +1 / -1 as a session enters or leaves `state`.
+pub fn bind_state(carrier: &str, state: &'static str, delta: f64) {
+    gauge!(SMPP_BINDS, "carrier" => carrier.to_string(), "state" => state).increment(delta);
+}
+
+/// Throttling answer from a carrier.
+pub fn throttled(carrier: &str) {
+    counter!(SMPP_THROTTLED, "carrier" => carrier.to_string()).increment(1);
+}
+
+/// Window occupancy change.
+pub fn window(carrier: &str, delta: f64) {
+    gauge!(SMPP_WINDOW_IN_USE, "carrier" => carrier.to_string()).increment(delta);
+}
+
+/// A generic_nack sent or received.
+pub fn generic_nack(carrier: &str, direction: &'static str) {
+    counter!(SMPP_GENERIC_NACK, "carrier" => carrier.to_string(), "direction" => direction).increment(1);
+}
+
+/// A receipt and what it matched.
+pub fn receipt(carrier: &str, result: &'static str) {
+    counter!(RECEIPTS, "carrier" => carrier.to_string(), "result" => result).increment(1);
+}
+
+/// An inbound deliver_sm.
+pub fn inbound(carrier: &str, kind: &'static str) {
+    counter!(INBOUND, "carrier" => carrier.to_string(), "kind" => kind).increment(1);
+}

@@ -1,0 +1,112 @@
+//! Key layout of the single sled tree. Everything that must change together lives in one tree
+//! so that one `apply_batch` commits it atomically (sled 0.34's multi-tree transactions are
+//! the part its README warns about).
+//!
+//! | prefix | key after the prefix | value |
+//! |---|---|---|
+//! | `m/` | message id (ULID, 26 ASCII) | message record, JSON |
+//! | `q/` | due ms (u64 BE) ‖ seq (u64 BE) | message id |
+//! | `c/` | carrier ‖ `0x00` ‖ carrier message id | message id ‖ `0x00` ‖ part index (decimal) |
+//! | `o/` | carrier ‖ `0x00` ‖ carrier message id | receipt that came before its `submit_sm_resp`, JSON |
+//! | `k/` | API key id | API key record, JSON |
+//! | `i/` | seq (u64 BE) | inbound message, JSON |
+//!
+//! Big-endian integers make sled's byte order the due order, so a range scan over `q/` yields
+//! messages by due time, then by accept order.
+
+/// Message records.
+pub const MESSAGE: &[u8] = b"m/";
+/// Ready queue.
+pub const QUEUE: &[u8] = b"q/";
+/// Carrier message id → message, for receipts.
+pub const CARRIER_ID: &[u8] = b"c/";
+/// Receipts that arrived before the `submit_sm_resp` they belong to.
+pub const ORPHAN: &[u8] = b"o/";
+/// API keys.
+pub const API_KEY: &[u8] = b"k/";
+/// Inbound (mobile-originated) messages.
+pub const INBOUND: &[u8] = b"i/";
+
+fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = prefix.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = Vec::with_capacity(len);
+    key.extend_from_slice(prefix);
+    for p in parts {
+        key.extend_from_slice(p);
+    }
+    key
+}
+
+/// `m/{id}`
+pub fn message(id: &str) -> Vec<u8> {
+    join(MESSAGE, &[id.as_bytes()])
+}
+
+/// `q/{due}{seq}`
+pub fn queue(due_ms: u64, seq: u64) -> Vec<u8> {
+    join(QUEUE, &[&due_ms.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+/// Reads `(due_ms, seq)` back from a `q/` key.
+pub fn parse_queue(key: &[u8]) -> Option<(u64, u64)> {
+    let rest = key.strip_prefix(QUEUE)?;
+    if rest.len() != 16 {
+        return None;
+    }
+    let due = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let seq = u64::from_be_bytes(rest[8..].try_into().ok()?);
+    Some((due, seq))
+}
+
+/// `c/{carrier}\0{carrier_message_id}`
+pub fn carrier_id(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
+    join(CARRIER_ID, &[carrier.as_bytes(), b"\0", carrier_message_id.as_bytes()])
+}
+
+/// `o/{carrier}\0{carrier_message_id}`
+pub fn orphan(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
+    join(ORPHAN, &[carrier.as_bytes(), b"\0", carrier_message_id.as_bytes()])
+}
+
+/// Value of a `c/` entry.
+pub fn carrier_id_value(message_id: &str, part: usize) -> Vec<u8> {
+    format!("{message_id}\0{part}").into_bytes()
+}
+
+/// Reads a `c/` value back.
+pub fn parse_carrier_id_value(value: &[u8]) -> Option<(String, usize)> {
+    let s = std::str::from_utf8(value).ok()?;
+    let (id, part) = s.split_once('\0')?;
+    Some((id.to_string(), part.parse().ok()?))
+}
+
+/// `k/{key_id}`
+pub fn api_key(key_id: &str) -> Vec<u8> {
+    join(API_KEY, &[key_id.as_bytes()])
+}
+
+/// `i/{seq}`
+pub fn inbound(seq: u64) -> Vec<u8> {
+    join(INBOUND, &[&seq.to_be_bytes()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_sort_by_due_then_seq() {
+        let mut keys = vec![queue(2, 1), queue(1, 9), queue(1, 2), queue(256, 0)];
+        keys.sort();
+        let parsed: Vec<_> = keys.iter().map(|k| parse_queue(k).unwrap()).collect();
+        assert_eq!(parsed, vec![(1, 2), (1, 9), (2, 1), (256, 0)]);
+        assert_eq!(parse_queue(b"q/short"), None);
+    }
+
+    #[test]
+    fn carrier_index_round_trips() {
+        let v = carrier_id_value("01ABC", 3);
+        assert_eq!(parse_carrier_id_value(&v), Some(("01ABC".into(), 3)));
+        assert_eq!(parse_carrier_id_value(b"garbage"), None);
+    }
+}

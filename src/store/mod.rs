@@ -1,0 +1,306 @@
+//! The durable store: one sled tree (see [`layout`]) behind a narrow interface.
+//!
+//! Writes go through one group-commit thread ([`writer`]): callers send a list of [`Op`]s and
+//! wait; the thread folds everything that queued up while the previous flush ran into one
+//! `apply_batch`, then `flush()` plus an `fdatasync` of sled's log file, then answers every
+//! waiter. sled's own `flush()` ends in `sync_file_range`, which neither syncs metadata nor the
+//! drive cache, hence the extra `fdatasync` (see docs/architecture.md, "Store").
+//!
+//! Reads go straight to sled from any thread.
+//!
+//! The rest of the program sees only this module's types, so the engine can be replaced
+//! (redb, or a distributed log) without touching the API or the dispatcher.
+
+pub mod layout;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::message::{ErrorInfo, Message, Status};
+
+pub use writer::WriterStats;
+
+/// Store failures. Callers answer 503 for these: nothing is promised to the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// sled or the file system failed.
+    #[error("store I/O error: {0}")]
+    Io(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record under {key}: {reason}")]
+    Corrupt {
+        /// Key whose value is bad (printable part only).
+        key: String,
+        /// Decoder's message.
+        reason: String,
+    },
+    /// The store is shutting down.
+    #[error("store is closed")]
+    Closed,
+    /// Another process holds the store open.
+    #[error("store at {0} is in use by another process (is the server running?)")]
+    Locked(PathBuf),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// What a receipt says about one part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptOutcome {
+    /// Final state for the part, or `None` for an intermediate one (ENROUTE, ACCEPTD).
+    pub status: Option<Status>,
+    /// The carrier's state word (DELIVRD, UNDELIV, …) for the history.
+    pub stat: String,
+    /// The carrier's error code, if it gave one.
+    pub error_code: Option<u32>,
+}
+
+/// One change to the store. A list of them commits atomically.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A new message: its record and its queue entry.
+    Insert(Box<Message>),
+    /// One segment got its `submit_sm_resp` with a message id.
+    PartSubmitted {
+        /// Message id.
+        id: String,
+        /// Segment index.
+        part: usize,
+        /// Carrier that answered.
+        carrier: String,
+        /// Its message id (normalised).
+        carrier_message_id: String,
+    },
+    /// Back to the queue at `due_ms` (temporary failure, lost bind, throttling).
+    Reschedule {
+        /// Message id.
+        id: String,
+        /// When to try again.
+        due_ms: u64,
+        /// Whether this counts as a submission attempt.
+        count_attempt: bool,
+        /// What went wrong, for the history.
+        error: Option<ErrorInfo>,
+    },
+    /// A final state reached before a receipt (permanent error, expiry, cancel).
+    Finish {
+        /// Message id.
+        id: String,
+        /// The final status.
+        status: Status,
+        /// Why.
+        error: Option<ErrorInfo>,
+    },
+    /// A delivery receipt.
+    Receipt {
+        /// Carrier it came from.
+        carrier: String,
+        /// The id it refers to (normalised).
+        carrier_message_id: String,
+        /// What it says.
+        outcome: ReceiptOutcome,
+    },
+    /// An auxiliary record (API key, inbound message) under a key from [`layout`].
+    Put {
+        /// Full key.
+        key: Vec<u8>,
+        /// Value.
+        value: Vec<u8>,
+    },
+}
+
+/// What one [`Op`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// Applied; nothing to report.
+    Done,
+    /// A message changed.
+    Updated {
+        /// Message id.
+        id: String,
+        /// Its status now.
+        status: Status,
+        /// When it was accepted, for latency metrics.
+        created_ms: u64,
+        /// Whether this op moved it to a final status.
+        became_final: bool,
+    },
+    /// No such message (or carrier id).
+    NotFound,
+    /// A receipt for an id we do not know yet: kept until its `submit_sm_resp` is recorded.
+    Orphan,
+    /// The message is final already; nothing changed.
+    AlreadyFinal(Status),
+}
+
+/// A queue entry as found at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Not before (ms since epoch).
+    pub due_ms: u64,
+    /// Accept order.
+    pub seq: u64,
+    /// Message id.
+    pub id: String,
+}
+
+struct Request {
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+}
+
+/// Handle to the open store; clone it freely.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    path: PathBuf,
+    tx: mpsc::Sender<Request>,
+    stats: Arc<WriterStats>,
+}
+
+/// Tuning for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache in bytes.
+    pub cache_bytes: u64,
+    /// Most ops in one group commit.
+    pub group_commit_max: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_bytes: 256 << 20, group_commit_max: 2048 }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts the group-commit thread.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(options.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match e {
+                // sled reports a held lock only through the message text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(path.clone())
+                }
+                other => StoreError::from(other),
+            })?;
+        // sled's data lives in one log file; fdatasync it after each flush (see module docs).
+        let log = File::open(path.join("db")).map_err(|e| StoreError::Io(format!("open sled log: {e}")))?;
+        let (tx, rx) = mpsc::channel(16_384);
+        let stats = Arc::new(WriterStats::default());
+        writer::spawn(db.clone(), log, rx, options.group_commit_max.max(1), stats.clone())?;
+        Ok(Store { inner: Arc::new(Inner { db, path, tx, stats }) })
+    }
+
+    /// Directory of the sled files.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Applies `ops` atomically and durably; returns one result per op.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.tx.send(Request { ops, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a single op.
+    pub async fn commit_one(&self, op: Op) -> Result<OpResult, StoreError> {
+        let mut results = self.commit(vec![op]).await?;
+        results.pop().ok_or(StoreError::Closed)
+    }
+
+    /// Group-commit counters (commits, ops).
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.inner.stats
+    }
+
+    /// Reads one message.
+    pub fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let key = layout::message(id);
+        match self.inner.db.get(&key)? {
+            None => Ok(None),
+            Some(v) => decode(&key, &v).map(Some),
+        }
+    }
+
+    /// Every queue entry in due order (for rebuilding the scheduler at startup).
+    pub fn queue_entries(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(layout::QUEUE) {
+            let (k, v) = item?;
+            let Some((due_ms, seq)) = layout::parse_queue(&k) else {
+                return Err(corrupt(&k, "bad queue key"));
+            };
+            let id = String::from_utf8(v.to_vec()).map_err(|_| corrupt(&k, "queue value is not UTF-8"))?;
+            out.push(QueueEntry { due_ms, seq, id });
+        }
+        Ok(out)
+    }
+
+    /// Every value under a prefix, decoded.
+    pub fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// One auxiliary record.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.inner.db.get(key)? {
+            None => Ok(None),
+            Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    /// A fresh, monotonic sequence number (accept order). Crash-safe: sled never hands out
+    /// the same value twice, though it skips ahead after a restart.
+    pub fn next_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.generate_id()?)
+    }
+
+    /// Bytes used on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Flushes everything to disk (used at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+fn corrupt(key: &[u8], reason: &str) -> StoreError {
+    StoreError::Corrupt { key: String::from_utf8_lossy(key).chars().take(40).collect(), reason: reason.to_string() }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| corrupt(key, &e.to_string()))
+}
+
+pub(crate) fn encode<T: serde::Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| corrupt(key, &e.to_string()))
+}
