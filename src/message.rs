@@ -161,6 +161,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// The carrier whose queue this message waits in: the first of its route.
+    pub fn queue_carrier(&self) -> &str {
+        self.route.first().map(String::as_str).unwrap_or("")
+    }
+
     /// Moves to `status` and records it in the history.
     pub fn set_status(&mut self, status: Status, at_ms: u64, detail: Option<String>) {
         self.status = status;

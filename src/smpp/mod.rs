@@ -4,3 +4,4 @@ pub mod frame;
 pub mod pdu;
 pub mod receipt;
 pub mod session;
+pub mod submit;

@@ -5,7 +5,7 @@
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
 //! | `m/` | message id (ULID, 26 ASCII) | message record, JSON |
-//! | `q/` | due ms (u64 BE) ‖ seq (u64 BE) | message id |
+//! | `q/` | due ms (u64 BE) ‖ seq (u64 BE) | message id ‖ `0x00` ‖ carrier queue it waits in |
 //! | `c/` | carrier ‖ `0x00` ‖ carrier message id | message id ‖ `0x00` ‖ part index (decimal) |
 //! | `o/` | carrier ‖ `0x00` ‖ carrier message id | receipt that came before its `submit_sm_resp`, JSON |
 //! | `k/` | API key id | API key record, JSON |
@@ -66,6 +66,18 @@ pub fn carrier_id(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
 /// `o/{carrier}\0{carrier_message_id}`
 pub fn orphan(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
     join(ORPHAN, &[carrier.as_bytes(), b"\0", carrier_message_id.as_bytes()])
+}
+
+/// Value of a `q/` entry: the message and the carrier whose queue holds it.
+pub fn queue_value(message_id: &str, carrier: &str) -> Vec<u8> {
+    format!("{message_id}\0{carrier}").into_bytes()
+}
+
+/// Reads a `q/` value back.
+pub fn parse_queue_value(value: &[u8]) -> Option<(String, String)> {
+    let s = std::str::from_utf8(value).ok()?;
+    let (id, carrier) = s.split_once('\0')?;
+    Some((id.to_string(), carrier.to_string()))
 }
 
 /// Value of a `c/` entry.

@@ -150,6 +150,8 @@ pub struct QueueEntry {
     pub seq: u64,
     /// Message id.
     pub id: String,
+    /// Carrier queue it waits in (the first carrier of its route).
+    pub carrier: String,
 }
 
 struct Request {
@@ -251,8 +253,8 @@ impl Store {
             let Some((due_ms, seq)) = layout::parse_queue(&k) else {
                 return Err(corrupt(&k, "bad queue key"));
             };
-            let id = String::from_utf8(v.to_vec()).map_err(|_| corrupt(&k, "queue value is not UTF-8"))?;
-            out.push(QueueEntry { due_ms, seq, id });
+            let (id, carrier) = layout::parse_queue_value(&v).ok_or_else(|| corrupt(&k, "bad queue value"))?;
+            out.push(QueueEntry { due_ms, seq, id, carrier });
         }
         Ok(out)
     }

@@ -136,7 +136,7 @@ impl<'a> WriteSet<'a> {
         let now = now_ms();
         match op {
             Op::Insert(msg) => {
-                self.put(layout::queue(msg.due_ms, msg.seq), Some(msg.id.as_bytes().to_vec()));
+                self.put(layout::queue(msg.due_ms, msg.seq), Some(layout::queue_value(&msg.id, msg.queue_carrier())));
                 self.messages.insert(msg.id.clone(), (**msg).clone());
                 Ok(OpResult::Done)
             }
@@ -185,9 +185,9 @@ impl<'a> WriteSet<'a> {
                 msg.error = error.clone();
                 msg.set_status(status, now, detail);
                 let new = layout::queue(msg.due_ms, msg.seq);
-                let (created_ms, id_bytes) = (msg.created_ms, msg.id.as_bytes().to_vec());
+                let (created_ms, value) = (msg.created_ms, layout::queue_value(&msg.id, msg.queue_carrier()));
                 self.put(old, None);
-                self.put(new, Some(id_bytes));
+                self.put(new, Some(value));
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
             }
             Op::Finish { id, status, error } => {

@@ -1,0 +1,163 @@
+//! The local admin socket (`<data_dir>/admin.sock`, mode 0600): lets `smsgate keys …` work
+//! while the server runs, since sled allows one process per store. File permissions are the
+//! authentication: whoever can open the socket can already read the data directory.
+//!
+//! Protocol: one JSON request line, one JSON answer line.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::auth::{ApiKey, KeyAdmin, KeyRing, Scope};
+use crate::store::Store;
+
+/// A request over the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Create an API key.
+    KeysCreate {
+        /// Label.
+        name: String,
+        /// Scopes.
+        scopes: Vec<Scope>,
+    },
+    /// List keys.
+    KeysList,
+    /// Revoke a key.
+    KeysRevoke {
+        /// Key id.
+        id: String,
+    },
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// A key was created; the token is shown once.
+    Created {
+        /// The key record.
+        key: ApiKey,
+        /// The token.
+        token: String,
+    },
+    /// Keys.
+    Keys {
+        /// Every key.
+        keys: Vec<ApiKey>,
+    },
+    /// A key was revoked.
+    Revoked {
+        /// The key record.
+        key: ApiKey,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Path of the socket for a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Executes a request against an open store (server side, or the CLI when no server runs).
+pub async fn execute(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
+    let admin = KeyAdmin { store, ring };
+    let result = match req {
+        AdminRequest::KeysCreate { name, scopes } => admin.create(&name, scopes).await.map(|(key, token)| AdminResponse::Created { key, token }),
+        AdminRequest::KeysList => Ok(AdminResponse::Keys { keys: ring.list() }),
+        AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
+    };
+    result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
+}
+
+/// Starts the socket server.
+pub fn serve(data_dir: &Path, store: Store, ring: Arc<KeyRing>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let path = socket_path(data_dir);
+    tokio::spawn(async move {
+        let _ = std::fs::remove_file(&path);
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, path = %path.display(), "admin socket unavailable; key commands need the server stopped");
+                return;
+            }
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                _ = shutdown.changed() => break,
+            };
+            let store = store.clone();
+            let ring = ring.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(r).take_line_limit();
+                let answer = match reader.read_line(&mut line).await {
+                    Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
+                        Ok(req) => {
+                            info!(op = ?op_name(&req), "admin request");
+                            execute(&store, &ring, req).await
+                        }
+                        Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
+                    },
+                    Err(e) => AdminResponse::Error { message: e.to_string() },
+                };
+                let mut out = serde_json::to_vec(&answer).unwrap_or_default();
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    })
+}
+
+fn op_name(req: &AdminRequest) -> &'static str {
+    match req {
+        AdminRequest::KeysCreate { .. } => "keys_create",
+        AdminRequest::KeysList => "keys_list",
+        AdminRequest::KeysRevoke { .. } => "keys_revoke",
+    }
+}
+
+trait TakeLineLimit: Sized {
+    fn take_line_limit(self) -> tokio::io::Take<Self>;
+}
+
+impl<R: tokio::io::AsyncRead> TakeLineLimit for BufReader<R> {
+    /// Admin requests are tiny; refuse to buffer more than 64 KiB.
+    fn take_line_limit(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, 64 * 1024)
+    }
+}
+
+/// Sends a request to a running server. `Ok(None)` when no server listens on the socket.
+pub async fn request(data_dir: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(r).read_line(&mut answer).await?;
+    serde_json::from_str(&answer).map(Some).map_err(std::io::Error::other)
+}

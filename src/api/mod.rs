@@ -1,0 +1,292 @@
+//! The HTTPS API: hyper 1 (HTTP/1.1 and HTTP/2 by ALPN) behind tokio-rustls, routing,
+//! authentication, and the JSON handlers.
+
+pub mod error;
+pub mod send;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::auth::{KeyRing, Principal, Scope};
+use crate::config::Config;
+use crate::message::{rfc3339, Message};
+use crate::metrics as m;
+use crate::phone::mask;
+use crate::queue::Queues;
+use crate::smpp::session::CarrierLink;
+use crate::store::{Op, Store};
+use error::ApiError;
+
+/// Largest request body (DESIGN.md: 413 beyond it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// API keys.
+    pub keys: Arc<KeyRing>,
+    /// Per-carrier due queues.
+    pub queues: Arc<Queues>,
+    /// Configuration (routes, limits).
+    pub config: Arc<Config>,
+    /// Carrier links, for readiness.
+    pub links: Vec<CarrierLink>,
+    /// False once shutdown began: new sends get 503.
+    pub accepting: AtomicBool,
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves the API on `listener` until `shutdown` turns true, then lets open requests finish
+/// (up to `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let hsts = tls.is_some();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req, hsts));
+            match tls {
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                }
+            }
+        });
+    }
+    info!("API stopped accepting connections; finishing open requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!("some API connections were still open after the grace period");
+    }
+}
+
+async fn handle(state: Arc<AppState>, req: Request<Incoming>, hsts: bool) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let (route, result) = route(&state, req).await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
+    }
+    m::api_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+type Handled = Result<Response<Full<Bytes>>, ApiError>;
+
+async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Handled) {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    match (segments.as_slice(), &method) {
+        (["healthz"], &Method::GET) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
+        (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state))),
+        (["v1", "messages"], &Method::POST) => ("send", send(state, req).await),
+        (["v1", "messages", id], &Method::GET) => {
+            let id = id.to_string();
+            ("get_message", get_message(state, &req, &id))
+        }
+        (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
+        (["v1", "messages"], _) => ("other", Err(ApiError::method_not_allowed("POST"))),
+        (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
+        _ => ("other", Err(ApiError::not_found("such endpoint"))),
+    }
+}
+
+fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<Principal, ApiError> {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = state.keys.authenticate(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    if !principal.has(scope) {
+        let name = match scope {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Optouts => "optouts",
+            Scope::Admin => "admin",
+        };
+        return Err(ApiError::forbidden(name));
+    }
+    Ok(principal)
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+        && len > MAX_BODY_BYTES
+    {
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
+    {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let collected = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(ApiError::too_large(MAX_BODY_BYTES));
+        }
+        Err(_) => return Err(ApiError::malformed_json("the body could not be read")),
+    };
+    serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)
+}
+
+async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
+    let principal = authorize(state, &req, Scope::Send)?;
+    if !state.accepting.load(Ordering::Acquire) {
+        return Err(ApiError::unavailable("shutting_down", "The gateway is shutting down; retry on another instance or shortly.", 5));
+    }
+    let value = read_json(req).await?;
+    let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
+    let request = send::parse(&value, limits)?;
+    let route = state
+        .config
+        .route(request.to.as_str())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
+    let seq = state.store.next_seq().map_err(store_error)?;
+    let msg = send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
+    let answer = json!({
+        "id": msg.id,
+        "status": msg.status.as_str(),
+        "segments": msg.segments,
+        "encoding": msg.encoding.as_str(),
+    });
+    let (due, id, carrier) = (msg.due_ms, msg.id.clone(), msg.queue_carrier().to_string());
+    state.store.commit_one(Op::Insert(Box::new(msg))).await.map_err(store_error)?;
+    if let Some(q) = state.queues.get(&carrier) {
+        q.push(due, seq, id);
+    }
+    m::accepted(1);
+    Ok(json_response(StatusCode::ACCEPTED, &answer))
+}
+
+fn store_error(e: crate::store::StoreError) -> ApiError {
+    warn!(error = %e, "store error on the API path");
+    ApiError::unavailable("store_unavailable", "The message store is unavailable; nothing was accepted. Retry later.", 5)
+}
+
+fn get_message(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
+    let principal = authorize(state, req, Scope::Read)?;
+    if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::not_found("message with this id"));
+    }
+    let msg = state.store.message(id).map_err(store_error)?;
+    match msg {
+        Some(m) if m.key_id == principal.key_id => Ok(json_response(StatusCode::OK, &message_view(&m))),
+        // Another key's message is as absent as a message that does not exist.
+        _ => Err(ApiError::not_found("message with this id")),
+    }
+}
+
+/// The API's view of a message: status and history, number masked, never the body.
+pub fn message_view(m: &Message) -> Value {
+    let mut v = json!({
+        "id": m.id,
+        "status": m.status.as_str(),
+        "to": mask(&m.content.to),
+        "segments": m.segments,
+        "encoding": m.encoding.as_str(),
+        "created_at": rfc3339(m.created_ms),
+        "send_at": rfc3339(m.due_ms),
+        "expires_at": rfc3339(m.expires_ms),
+        "attempts": m.attempts,
+        "carrier": m.carrier,
+        "carrier_message_ids": m.parts.iter().map(|p| p.carrier_message_id.clone()).collect::<Vec<_>>(),
+        "history": m.history.iter().map(|e| {
+            let mut h = json!({"status": e.status.as_str(), "at": rfc3339(e.at_ms)});
+            if let Some(d) = &e.detail { h["detail"] = json!(d); }
+            h
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(r) = &m.client_ref {
+        v["client_ref"] = json!(r);
+    }
+    if let Some(c) = &m.category {
+        v["category"] = json!(c);
+    }
+    if let Some(e) = &m.error {
+        v["error"] = json!({"code": e.code, "message": e.message, "carrier_status": e.carrier_status});
+    }
+    v
+}
+
+fn readyz(state: &AppState) -> Response<Full<Bytes>> {
+    let mut carriers = BTreeMap::new();
+    let mut any_bound = false;
+    for link in &state.links {
+        let binds = link.bind_statuses();
+        any_bound |= link.transmitting_binds() > 0;
+        carriers.insert(link.name().to_string(), json!({ "transmitting_binds": link.transmitting_binds(), "binds": binds }));
+    }
+    let accepting = state.accepting.load(Ordering::Acquire);
+    let ready = any_bound && accepting;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(
+        status,
+        &json!({ "ready": ready, "accepting": accepting, "store": "open", "queued": state.queues.total(), "carriers": carriers }),
+    )
+}

@@ -1,0 +1,317 @@
+//! The command line (DESIGN.md "Command line"): argument parsing and one function per verb.
+//! This is the binary's edge, so errors here are `anyhow` with context for the operator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminRequest, AdminResponse};
+use crate::auth::{KeyRing, Scope};
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::gateway::Gateway;
+use crate::sim::{Recorder, Sim, SimConfig, SimListeners};
+use crate::store::{Store, StoreOptions};
+
+/// smsgate: SMS carrier gateway and durable message queue.
+#[derive(Debug, Parser)]
+#[command(name = "smsgate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Gateway plus a built-in SMSC simulator, self-signed TLS, data under ./data/demo.
+    Demo(DemoArgs),
+    /// Run the gateway (production).
+    Serve(ConfigArg),
+    /// Manage API keys (works whether or not the server runs).
+    Keys {
+        /// Key action.
+        #[command(subcommand)]
+        action: KeysCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
+    /// Run the SMSC simulator alone.
+    SmscSim(SimArgs),
+    /// Validate a config file and explain every problem.
+    CheckConfig(ConfigArg),
+}
+
+/// `--config FILE`
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(long, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+    pub config: PathBuf,
+}
+
+/// `keys` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its token once.
+    Create {
+        /// Label for the key.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: send, read, optouts, admin.
+        #[arg(long, default_value = "send,read")]
+        scopes: String,
+    },
+    /// List keys (never their tokens).
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id (from `keys list`).
+        id: String,
+    },
+}
+
+/// `demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Demo config (defaults to the built-in config/demo.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `smsc-sim` options (the switches of `shared/tools/smsc-sim` that the built-in one has).
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Plain SMPP port (0 = any free port).
+    #[arg(long, default_value_t = 2775)]
+    pub port: u16,
+    /// SMPP over TLS port (needs --cert and --key).
+    #[arg(long)]
+    pub tls_port: Option<u16>,
+    /// PEM certificate for TLS.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM key for TLS.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// HTTP control port (0 = any free port).
+    #[arg(long, default_value_t = 8775)]
+    pub control_port: u16,
+    /// Required system_id.
+    #[arg(long)]
+    pub system_id: Option<String>,
+    /// Required password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Receipt delay in ms: N or MIN-MAX.
+    #[arg(long, default_value = "50")]
+    pub dlr_delay_ms: String,
+    /// Fraction of messages whose receipt says UNDELIV.
+    #[arg(long, default_value_t = 0.0)]
+    pub dlr_fail_ratio: f64,
+    /// submit_sm per second per bind before ESME_RTHROTTLED (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub throttle: u32,
+    /// Delay before each submit_sm_resp, ms.
+    #[arg(long, default_value_t = 0)]
+    pub resp_delay_ms: u64,
+    /// Write one JSON line per submit_sm here.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+}
+
+/// Parses arguments and runs the verb.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(if e.downcast_ref::<crate::config::ConfigError>().is_some() { 64 } else { 1 })
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Demo(args) => crate::demo::run(args.config.as_deref()).await,
+        Command::Serve(args) => serve(&args.config).await,
+        Command::Keys { action, config } => keys(action, &config).await,
+        Command::SmscSim(args) => smsc_sim(args).await,
+        Command::CheckConfig(args) => check_config(&args.config),
+    }
+}
+
+/// Sets up `tracing`: `RUST_LOG` wins over the config's level.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn serve(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    init_logging(&config.log);
+    let gateway = Gateway::start(config).await.context("starting the gateway")?;
+    wait_for_signal().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+fn check_config(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key) {
+        crate::tls::server_config(cert, key, &[]).with_context(|| "api.tls_cert / api.tls_key")?;
+    }
+    for c in &config.carriers {
+        if c.tls {
+            crate::tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
+                .with_context(|| format!("carrier {}", c.name))?;
+        }
+    }
+    println!("{}: OK ({} carrier(s), {} route(s))", path.display(), config.carriers.len(), config.routes.len());
+    Ok(())
+}
+
+async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let request = match action {
+        KeysCommand::Create { name, scopes } => {
+            let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg).context("--scopes")?;
+            AdminRequest::KeysCreate { name, scopes }
+        }
+        KeysCommand::List => AdminRequest::KeysList,
+        KeysCommand::Revoke { id } => AdminRequest::KeysRevoke { id },
+    };
+    let answer = match admin::request(&config.data_dir, &request).await? {
+        Some(a) => a,
+        None => {
+            let store = Store::open(&config.data_dir, &StoreOptions::default())
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+            let ring = KeyRing::load(&store)?;
+            admin::execute(&store, &ring, request).await
+        }
+    };
+    match answer {
+        AdminResponse::Created { key, token } => {
+            println!("id:     {}\nname:   {}\nscopes: {}\ntoken:  {token}", key.id, key.name, scopes_text(&key.scopes));
+            eprintln!("The token is shown only this once; store it in your secret manager.");
+        }
+        AdminResponse::Keys { keys } => {
+            println!("{:<14} {:<12} {:<24} {:<24} name", "id", "state", "scopes", "created");
+            for k in keys {
+                let state = if k.revoked_ms.is_some() { "revoked" } else { "active" };
+                println!("{:<14} {:<12} {:<24} {:<24} {}", k.id, state, scopes_text(&k.scopes), crate::message::rfc3339(k.created_ms), k.name);
+            }
+        }
+        AdminResponse::Revoked { key } => println!("revoked {}", key.id),
+        AdminResponse::Error { message } => bail!(message),
+    }
+    Ok(())
+}
+
+fn scopes_text(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `N` or `MIN-MAX`.
+fn parse_range(s: &str) -> Result<(u64, u64)> {
+    let parse = |p: &str| p.trim().parse::<u64>().with_context(|| format!("'{p}' is not a number of milliseconds"));
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            if a > b {
+                bail!("--dlr-delay-ms {s}: MIN is greater than MAX");
+            }
+            Ok((a, b))
+        }
+        None => {
+            let n = parse(s)?;
+            Ok((n, n))
+        }
+    }
+}
+
+async fn smsc_sim(args: SimArgs) -> Result<()> {
+    init_logging(&LogConfig::default());
+    if !(0.0..=1.0).contains(&args.dlr_fail_ratio) {
+        bail!("--dlr-fail-ratio must be between 0 and 1");
+    }
+    let config = SimConfig {
+        system_id: args.system_id,
+        password: args.password,
+        dlr_delay_ms: parse_range(&args.dlr_delay_ms).context("--dlr-delay-ms")?,
+        dlr_fail_ratio: args.dlr_fail_ratio,
+        throttle_per_sec: args.throttle,
+        resp_delay_ms: args.resp_delay_ms,
+        ..SimConfig::default()
+    };
+    let bind = |port: u16| async move {
+        let addr = SocketAddr::new(args.host, port);
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))
+    };
+    let tls = match (args.tls_port, &args.cert, &args.key) {
+        (Some(port), Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(cert, key, &[])?;
+            Some((bind(port).await?, tokio_rustls::TlsAcceptor::from(config)))
+        }
+        (None, None, None) => None,
+        _ => bail!("--tls-port, --cert and --key go together"),
+    };
+    let recorder = args.record.as_deref().map(Recorder::create).transpose().context("--record")?;
+    let listeners = SimListeners { smpp: Some(bind(args.port).await?), tls, control: bind(args.control_port).await? };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handle = Sim::start(config, listeners, recorder, stop_rx);
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "listening", "host": args.host.to_string(),
+            "port": handle.smpp_addr.map(|a| a.port()), "tls_port": handle.tls_addr.map(|a| a.port()),
+            "control_port": handle.control_addr.port(), "pid": std::process::id(),
+        })
+    );
+    wait_for_signal().await;
+    let _ = stop_tx.send(true);
+    let mut summary = handle.sim.stats_json();
+    summary["event"] = serde_json::json!("summary");
+    println!("{summary}");
+    Ok(())
+}

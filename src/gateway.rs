@@ -1,0 +1,236 @@
+//! Assembles a running gateway from a [`Config`]: store, keys, queues, carrier links,
+//! dispatcher, API, metrics and admin socket; and takes it down again in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::auth::KeyRing;
+use crate::config::{CarrierConfig, Config};
+use crate::dispatch::{CarrierDispatch, Dispatcher};
+use crate::inbound::Inbound;
+use crate::queue::Queues;
+use crate::smpp::receipt::IdFormat;
+use crate::smpp::session::{self, LinkSettings};
+use crate::smpp::submit::SubmitOptions;
+use crate::store::{Op, Store, StoreOptions};
+use crate::{admin, httpd, metrics, tls};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store did not open.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// TLS material is missing or wrong.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not bind.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// A carrier setting is unusable.
+    #[error("carrier {0}: {1}")]
+    Carrier(String, String),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    /// The store (shared).
+    pub store: Store,
+    /// The API keys.
+    pub keys: Arc<KeyRing>,
+    state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    link_tasks: Vec<JoinHandle<()>>,
+    api_task: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+fn link_settings(c: &CarrierConfig) -> Result<LinkSettings, StartError> {
+    let err = |m: String| StartError::Carrier(c.name.clone(), m);
+    let tls = if c.tls {
+        let config = tls::client_config(
+            c.ca_file.as_deref(),
+            c.client_cert.as_deref().zip(c.client_key.as_deref()),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let name = c.server_name.clone().unwrap_or_else(|| c.host.clone());
+        let name = ServerName::try_from(name).map_err(|e| err(format!("server name: {e}")))?;
+        Some((config, name))
+    } else {
+        None
+    };
+    Ok(LinkSettings {
+        name: Arc::from(c.name.as_str()),
+        host: c.host.clone(),
+        port: c.port,
+        tls,
+        system_id: c.system_id.clone(),
+        password: c.password().map_err(err)?,
+        system_type: c.system_type.clone(),
+        binds: c.binds,
+        split_binds: false,
+        window: c.window,
+        enquire_link_interval: c.enquire_link_interval(),
+        response_timeout: c.response_timeout(),
+        reconnect_min: Duration::from_millis(500),
+        reconnect_max: Duration::from_secs(60),
+        drain_timeout: Duration::from_secs(5),
+    })
+}
+
+impl Gateway {
+    /// Opens everything and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let metrics_handle = metrics::install();
+        let store = Store::open(
+            &config.data_dir,
+            &StoreOptions { cache_bytes: config.store.cache_mb << 20, group_commit_max: config.store.group_commit_max },
+        )?;
+        let keys = Arc::new(KeyRing::load(&store)?);
+        let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
+        restore_queues(&store, &config, &queues).await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let id_formats: HashMap<String, IdFormat> = config.carriers.iter().map(|c| (c.name.clone(), IdFormat::String)).collect();
+        let inbound = Inbound::new(store.clone(), id_formats);
+        let mut links = Vec::new();
+        let mut link_tasks = Vec::new();
+        let mut dispatch = HashMap::new();
+        for c in &config.carriers {
+            let (link, handles) = session::start(link_settings(c)?, inbound.clone(), shutdown_rx.clone());
+            link_tasks.extend(handles);
+            dispatch.insert(
+                c.name.clone(),
+                CarrierDispatch {
+                    link: link.clone(),
+                    options: SubmitOptions { default_source: c.default_source.clone(), registered_delivery: true },
+                    id_format: IdFormat::String,
+                },
+            );
+            links.push(link);
+        }
+        let dispatcher = Dispatcher::new(store.clone(), queues.clone(), dispatch, config.dispatch.clone());
+        let mut tasks = dispatcher.start(shutdown_rx.clone());
+
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            keys: keys.clone(),
+            queues: queues.clone(),
+            config: config.clone(),
+            links,
+            accepting: AtomicBool::new(true),
+        });
+        let api_listener = TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
+        let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
+        let acceptor = match (&config.api.tls_cert, &config.api.tls_key) {
+            (Some(cert), Some(key)) if !config.api.plaintext => {
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(cert, key, &[b"h2", b"http/1.1"])?))
+            }
+            _ => {
+                warn!(listen = %api_addr, "the API serves plain HTTP: only behind a TLS-terminating proxy");
+                None
+            }
+        };
+        let api_task = tokio::spawn(api::serve(api_listener, acceptor, state.clone(), shutdown_rx.clone(), Duration::from_secs(10)));
+
+        let metrics_listener =
+            TcpListener::bind(config.metrics.listen).await.map_err(|e| StartError::Listen(config.metrics.listen, e))?;
+        let metrics_addr = metrics_listener.local_addr().map_err(|e| StartError::Listen(config.metrics.listen, e))?;
+        tasks.push(tokio::spawn(httpd::serve(metrics_listener, shutdown_rx.clone(), move |req| {
+            let handle = metrics_handle.clone();
+            async move {
+                if req.uri().path() == "/metrics" {
+                    let mut r = httpd::text(hyper::StatusCode::OK, handle.render());
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    httpd::text(hyper::StatusCode::NOT_FOUND, "see /metrics\n")
+                }
+            }
+        })));
+        tasks.push(admin::serve(&config.data_dir, store.clone(), keys.clone(), shutdown_rx.clone()));
+        info!(api = %api_addr, metrics = %metrics_addr, queued = queues.total(), "smsgate started");
+        Ok(Gateway {
+            api_addr,
+            metrics_addr,
+            store,
+            keys,
+            state,
+            shutdown,
+            tasks,
+            link_tasks,
+            api_task,
+            shutdown_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Graceful stop: refuse new sends, finish open requests, let outstanding submit_sm get
+    /// their answers, unbind every session, flush the store.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.state.accepting.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let _ = tokio::time::timeout_at(deadline, self.api_task).await;
+        for t in self.link_tasks {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        if let Err(e) = self.store.flush() {
+            warn!(error = %e, "final store flush failed");
+        }
+        info!("stopped");
+    }
+}
+
+/// Rebuilds the in-memory queues from the store's `q/` entries. Entries whose carrier no longer
+/// exists are routed again with the current routes, or failed with `no_route`.
+async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Result<(), crate::store::StoreError> {
+    let entries = store.queue_entries()?;
+    let mut unroutable = Vec::new();
+    for e in entries {
+        if let Some(q) = queues.get(&e.carrier) {
+            q.push(e.due_ms, e.seq, e.id);
+            continue;
+        }
+        let Some(msg) = store.message(&e.id)? else { continue };
+        match config.route(&msg.content.to).and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
+            Some(q) => q.push(e.due_ms, e.seq, e.id),
+            None => unroutable.push(Op::Finish {
+                id: e.id,
+                status: crate::message::Status::Failed,
+                error: Some(crate::message::ErrorInfo {
+                    code: "no_route".into(),
+                    message: "its carrier was removed from the configuration and no route matches".into(),
+                    carrier_status: None,
+                }),
+            }),
+        }
+    }
+    if !unroutable.is_empty() {
+        warn!(count = unroutable.len(), "queued messages without a carrier were failed");
+        store.commit(unroutable).await?;
+    }
+    Ok(())
+}

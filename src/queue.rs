@@ -1,0 +1,132 @@
+//! In-memory due queues, one per carrier, mirroring the store's `q/` entries.
+//!
+//! The store is the truth; these queues are an index rebuilt from it at start. An entry here
+//! whose message turns out final (cancelled, blocked) is simply skipped by the dispatcher, so
+//! removing from the store never needs to reach in here.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::message::now_ms;
+
+/// One entry: due time, accept order, message id.
+pub type Entry = (u64, u64, String);
+
+/// A carrier's queue, ordered by due time then accept order.
+#[derive(Default)]
+pub struct CarrierQueue {
+    entries: Mutex<BTreeSet<Entry>>,
+    changed: Notify,
+}
+
+impl CarrierQueue {
+    /// Adds an entry and wakes the dispatcher.
+    pub fn push(&self, due_ms: u64, seq: u64, id: String) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.insert((due_ms, seq, id));
+        }
+        self.changed.notify_one();
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Due time of the first entry.
+    pub fn next_due(&self) -> Option<u64> {
+        self.entries.lock().ok()?.first().map(|e| e.0)
+    }
+
+    fn pop_if_due(&self, now: u64) -> Result<Entry, Option<u64>> {
+        let Ok(mut e) = self.entries.lock() else { return Err(None) };
+        match e.first() {
+            Some(first) if first.0 <= now => e.pop_first().ok_or(None),
+            Some(first) => Err(Some(first.0)),
+            None => Err(None),
+        }
+    }
+
+    /// Waits for the first entry that is due and takes it.
+    pub async fn pop_due(&self) -> Entry {
+        loop {
+            let notified = self.changed.notified();
+            match self.pop_if_due(now_ms()) {
+                Ok(entry) => return entry,
+                Err(Some(due)) => {
+                    let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = notified => {}
+                    }
+                }
+                Err(None) => notified.await,
+            }
+        }
+    }
+}
+
+/// All carriers' queues.
+#[derive(Default)]
+pub struct Queues {
+    by_carrier: HashMap<String, Arc<CarrierQueue>>,
+}
+
+impl Queues {
+    /// One empty queue per carrier name.
+    pub fn new<'a>(carriers: impl IntoIterator<Item = &'a str>) -> Queues {
+        Queues { by_carrier: carriers.into_iter().map(|c| (c.to_string(), Arc::default())).collect() }
+    }
+
+    /// The queue of a carrier.
+    pub fn get(&self, carrier: &str) -> Option<&Arc<CarrierQueue>> {
+        self.by_carrier.get(carrier)
+    }
+
+    /// Every (carrier, queue).
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<CarrierQueue>)> {
+        self.by_carrier.iter()
+    }
+
+    /// Messages waiting across all carriers.
+    pub fn total(&self) -> usize {
+        self.by_carrier.values().map(|q| q.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pops_in_due_then_accept_order_and_waits_for_due_time() {
+        let q = CarrierQueue::default();
+        let now = now_ms();
+        q.push(now + 150, 1, "later".into());
+        q.push(now, 3, "b".into());
+        q.push(now, 2, "a".into());
+        assert_eq!(q.pop_due().await.2, "a");
+        assert_eq!(q.pop_due().await.2, "b");
+        let started = std::time::Instant::now();
+        assert_eq!(q.pop_due().await.2, "later");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_waiting_pop() {
+        let q = Arc::new(CarrierQueue::default());
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.pop_due().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.push(now_ms(), 1, "x".into());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().2, "x");
+    }
+}
