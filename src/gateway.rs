@@ -184,21 +184,35 @@ impl Gateway {
     }
 
     /// Graceful stop: refuse new sends, finish open requests, let outstanding submit_sm get
-    /// their answers, unbind every session, flush the store.
+    /// their answers, unbind every session, flush the store, and wait until the store's files
+    /// are released (so the same data directory can be opened again at once).
     pub async fn shutdown(self) {
         info!("shutting down");
-        self.state.accepting.store(false, Ordering::Release);
-        let _ = self.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        let _ = tokio::time::timeout_at(deadline, self.api_task).await;
-        for t in self.link_tasks {
+        let Gateway { store, keys, state, shutdown, tasks, link_tasks, api_task, shutdown_timeout, .. } = self;
+        state.accepting.store(false, Ordering::Release);
+        let _ = shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let _ = tokio::time::timeout_at(deadline, api_task).await;
+        for t in link_tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;
         }
-        for t in self.tasks {
+        for t in &tasks {
             t.abort();
         }
-        if let Err(e) = self.store.flush() {
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = store.flush() {
             warn!(error = %e, "final store flush failed");
+        }
+        let writer = store.writer_stats();
+        drop((store, keys, state));
+        while !writer.exited.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() > deadline {
+                warn!("store still in use at the end of shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("stopped");
     }

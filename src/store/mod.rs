@@ -231,9 +231,9 @@ impl Store {
         results.pop().ok_or(StoreError::Closed)
     }
 
-    /// Group-commit counters (commits, ops).
-    pub fn writer_stats(&self) -> &WriterStats {
-        &self.inner.stats
+    /// Group-commit counters (commits, ops, exit flag).
+    pub fn writer_stats(&self) -> Arc<WriterStats> {
+        self.inner.stats.clone()
     }
 
     /// Reads one message.

@@ -23,6 +23,8 @@ pub struct WriterStats {
     pub commits: AtomicU64,
     /// Ops applied.
     pub ops: AtomicU64,
+    /// Set when the writer thread has ended and released its handle on the files.
+    pub exited: std::sync::atomic::AtomicBool,
 }
 
 pub(super) fn spawn(
@@ -52,6 +54,8 @@ pub(super) fn spawn(
             // Channel closed: every Store handle is gone. Leave sled consistent.
             let _ = db.flush();
             let _ = log.sync_data();
+            drop(db);
+            stats.exited.store(true, Ordering::Release);
         })
         .map_err(|e| StoreError::Io(format!("spawn store writer: {e}")))?;
     Ok(())

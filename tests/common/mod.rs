@@ -1,0 +1,226 @@
+//! Shared helpers for the integration tests: a built-in SMSC simulator and a gateway, both
+//! real (TLS sockets, sled in a temp dir), and a small HTTPS client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use smsgate::auth::{KeyAdmin, Scope};
+use smsgate::config::Config;
+use smsgate::gateway::Gateway;
+use smsgate::sim::{Recorder, Sim, SimConfig, SimHandle, SimListeners};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A temp dir with self-signed certificates for the API and the SMSC.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["api", "smsc"] {
+            smsgate::tls::write_self_signed(
+                &["localhost", "127.0.0.1"],
+                &dir.path().join(format!("{name}.crt")),
+                &dir.path().join(format!("{name}.key")),
+            )
+            .unwrap();
+        }
+        Certs { dir }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running built-in simulator.
+pub struct TestSim {
+    pub handle: SimHandle,
+    pub stop: watch::Sender<bool>,
+    pub record: Option<PathBuf>,
+}
+
+impl TestSim {
+    pub async fn start(certs: &Certs, config: SimConfig, record: Option<PathBuf>) -> TestSim {
+        Self::start_on(certs, config, record, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(certs: &Certs, config: SimConfig, record: Option<PathBuf>, tls_addr: SocketAddr) -> TestSim {
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            smsgate::tls::server_config(&certs.path("smsc.crt"), &certs.path("smsc.key"), &[]).unwrap(),
+        );
+        let listeners = SimListeners {
+            smpp: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            tls: Some((TcpListener::bind(tls_addr).await.unwrap(), acceptor)),
+            control: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let recorder = record.as_deref().map(|p| Recorder::create(p).unwrap());
+        let (stop, rx) = watch::channel(false);
+        let handle = Sim::start(config, listeners, recorder, rx);
+        TestSim { handle, stop, record }
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.handle.tls_addr.unwrap().port()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.handle.sim.stats_json()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.handle.sim.drop_all();
+    }
+}
+
+/// Gateway config text for one TLS carrier on `port`.
+pub fn config_text(data_dir: &Path, certs: &Certs, port: u16, extra_carrier: &str) -> String {
+    format!(
+        r#"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:0"
+tls_cert = "{api_crt}"
+tls_key = "{api_key}"
+[metrics]
+listen = "127.0.0.1:0"
+[dispatch]
+retry_base_ms = 200
+[[carriers]]
+name = "sim"
+host = "localhost"
+port = {port}
+tls = true
+ca_file = "{smsc_crt}"
+system_id = "gw"
+enquire_link_secs = 5
+response_timeout_secs = 3
+{extra_carrier}
+"#,
+        data = data_dir.display(),
+        api_crt = certs.path("api.crt").display(),
+        api_key = certs.path("api.key").display(),
+        smsc_crt = certs.path("smsc.crt").display(),
+    )
+}
+
+pub fn parse_config(text: &str) -> Config {
+    Config::from_toml(text, Path::new("test.toml"), Path::new("/")).unwrap()
+}
+
+/// A gateway with a key.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub client: Client,
+}
+
+impl TestGateway {
+    pub async fn start(config: Config, certs: &Certs) -> TestGateway {
+        let gateway = Gateway::start(config).await.unwrap();
+        let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
+        let (_, token) = admin.create("test", vec![Scope::Send, Scope::Read]).await.unwrap();
+        let client = Client::new(gateway.api_addr, &certs.path("api.crt"), Some(token));
+        TestGateway { gateway, client }
+    }
+
+    pub async fn key(&self, scopes: Vec<Scope>) -> String {
+        let admin = KeyAdmin { store: &self.gateway.store, ring: &self.gateway.keys };
+        admin.create("extra", scopes).await.unwrap().1
+    }
+}
+
+/// A minimal HTTPS client that trusts the test API certificate.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    pub token: Option<String>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub json: Value,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca: &Path, token: Option<String>) -> Client {
+        let tls = smsgate::tls::client_config(Some(ca), None).unwrap();
+        Client { addr, tls, token }
+    }
+
+    pub fn with_token(&self, token: Option<&str>) -> Client {
+        Client { token: token.map(String::from), ..self.clone() }
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", "localhost");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer { status, headers, json }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.raw(Method::POST, path, &[("content-type", "application/json")], Bytes::from(body.to_string())).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.raw(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// Polls a message until `pred` holds or `timeout` passes; returns the last view.
+    pub async fn wait_message(&self, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let a = self.get(&format!("/v1/messages/{id}")).await;
+            if pred(&a.json) || Instant::now() > deadline {
+                return a.json;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Waits until `f` is true or panics after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a simulator record file (either simulator's format).
+pub fn read_record(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
