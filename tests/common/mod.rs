@@ -224,3 +224,36 @@ pub fn read_record(path: &Path) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// A kept-alive HTTPS connection (HTTP/1.1) for load in tests.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    token: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(&self) -> std::io::Result<Conn> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Conn { sender, token: self.token.clone() })
+    }
+}
+
+impl Conn {
+    /// POSTs JSON; `Err` if the connection broke.
+    pub async fn post(&mut self, path: &str, body: &Value) -> Result<(StatusCode, Value), hyper::Error> {
+        self.sender.ready().await?;
+        let mut req = Request::builder().method(Method::POST).uri(path).header("host", "localhost").header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = self.sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
