@@ -74,7 +74,9 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub async fn execute(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
     let admin = KeyAdmin { store, ring };
     let result = match req {
-        AdminRequest::KeysCreate { name, scopes } => admin.create(&name, scopes).await.map(|(key, token)| AdminResponse::Created { key, token }),
+        AdminRequest::KeysCreate { name, scopes } => {
+            admin.create(&name, scopes).await.map(|(key, token)| AdminResponse::Created { key, token })
+        }
         AdminRequest::KeysList => Ok(AdminResponse::Keys { keys: ring.list() }),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
     };

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::fsutil::{hex, random_bytes};
 use crate::message::now_ms;
-use crate::store::{layout, Op, Store, StoreError};
+use crate::store::{Op, Store, StoreError, layout};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,7 +44,8 @@ impl Scope {
     pub fn parse_list(s: &str) -> Result<Vec<Scope>, String> {
         let mut out = Vec::new();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let scope = Scope::parse(part).ok_or_else(|| format!("unknown scope '{}' (use send, read, optouts, admin)", part.trim()))?;
+            let scope = Scope::parse(part)
+                .ok_or_else(|| format!("unknown scope '{}' (use send, read, optouts, admin)", part.trim()))?;
             if !out.contains(&scope) {
                 out.push(scope);
             }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
@@ -159,7 +159,9 @@ async fn run(command: Command) -> Result<()> {
 /// Sets up `tracing`: `RUST_LOG` wins over the config's level.
 pub fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
@@ -169,7 +171,7 @@ pub fn init_logging(log: &LogConfig) {
 
 /// Waits for SIGTERM or Ctrl-C.
 pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
             tokio::select! {
@@ -235,7 +237,14 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
             println!("{:<14} {:<12} {:<24} {:<24} name", "id", "state", "scopes", "created");
             for k in keys {
                 let state = if k.revoked_ms.is_some() { "revoked" } else { "active" };
-                println!("{:<14} {:<12} {:<24} {:<24} {}", k.id, state, scopes_text(&k.scopes), crate::message::rfc3339(k.created_ms), k.name);
+                println!(
+                    "{:<14} {:<12} {:<24} {:<24} {}",
+                    k.id,
+                    state,
+                    scopes_text(&k.scopes),
+                    crate::message::rfc3339(k.created_ms),
+                    k.name
+                );
             }
         }
         AdminResponse::Revoked { key } => println!("revoked {}", key.id),

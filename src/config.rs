@@ -315,9 +315,7 @@ impl CarrierConfig {
     /// Reads the bind password from the environment variable or file the config names.
     pub fn password(&self) -> Result<Secret, String> {
         if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(Secret::new)
-                .map_err(|_| format!("environment variable {var} is not set"));
+            return std::env::var(var).map(Secret::new).map_err(|_| format!("environment variable {var} is not set"));
         }
         if let Some(path) = &self.password_file {
             return std::fs::read_to_string(path)
@@ -341,8 +339,8 @@ pub struct RouteConfig {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_toml(&text, path, base)
     }
@@ -355,11 +353,7 @@ impl Config {
         })?;
         config.resolve_paths(base);
         let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid { path: path.to_path_buf(), problems })
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_path_buf(), problems }) }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -395,7 +389,9 @@ impl Config {
                 }
             }
             (_, _, true) => p.push("api.plaintext: set either plaintext = true or tls_cert/tls_key, not both".into()),
-            _ => p.push("api.tls_cert and api.tls_key are both required (or plaintext = true behind a TLS proxy)".into()),
+            _ => {
+                p.push("api.tls_cert and api.tls_key are both required (or plaintext = true behind a TLS proxy)".into())
+            }
         }
         if !(1..=10_000).contains(&api.max_body_chars) {
             p.push("api.max_body_chars: must be between 1 and 10000".into());
@@ -458,7 +454,8 @@ impl Config {
             if c.client_cert.is_some() != c.client_key.is_some() {
                 p.push(format!("{at}: client_cert and client_key go together"));
             }
-            for (key, file) in [("ca_file", &c.ca_file), ("client_cert", &c.client_cert), ("client_key", &c.client_key)] {
+            for (key, file) in [("ca_file", &c.ca_file), ("client_cert", &c.client_cert), ("client_key", &c.client_key)]
+            {
                 if let Some(f) = file
                     && !f.is_file()
                 {
@@ -550,7 +547,9 @@ system_id = "gw"
     fn plaintext_on_public_address_needs_the_proxy_switch() {
         let text = MINIMAL.replace("127.0.0.1:8443", "0.0.0.0:8443");
         assert!(parse(&text).is_err());
-        assert!(parse(&text.replace("plaintext = true", "plaintext = true\nallow_plaintext_behind_proxy = true")).is_ok());
+        assert!(
+            parse(&text.replace("plaintext = true", "plaintext = true\nallow_plaintext_behind_proxy = true")).is_ok()
+        );
     }
 
     #[test]

@@ -48,9 +48,12 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
             tokio::net::TcpListener::bind(smpp_addr).await.with_context(|| format!("simulator on {smpp_addr}"))?,
             tokio_rustls::TlsAcceptor::from(sim_tls),
         )),
-        control: tokio::net::TcpListener::bind(SIM_CONTROL).await.with_context(|| format!("simulator control on {SIM_CONTROL}"))?,
+        control: tokio::net::TcpListener::bind(SIM_CONTROL)
+            .await
+            .with_context(|| format!("simulator control on {SIM_CONTROL}"))?,
     };
-    let sim_config = SimConfig { system_id: Some(carrier.system_id.clone()), password: Some(password), ..SimConfig::default() };
+    let sim_config =
+        SimConfig { system_id: Some(carrier.system_id.clone()), password: Some(password), ..SimConfig::default() };
     let sim = Sim::start(sim_config, listeners, None, stop_rx);
 
     let gateway = Gateway::start(config).await.context("starting the gateway")?;

@@ -17,16 +17,16 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn, Instrument};
+use tracing::{Instrument, debug, warn};
 
 use crate::config::DispatchConfig;
-use crate::message::{now_ms, ErrorInfo, Message, Status};
+use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
 use crate::queue::{CarrierQueue, Queues};
 use crate::smpp::pdu::status;
-use crate::smpp::receipt::{normalize_id, IdFormat};
+use crate::smpp::receipt::{IdFormat, normalize_id};
 use crate::smpp::session::{CarrierLink, SubmitJob, SubmitOutcome, SubmitResult};
-use crate::smpp::submit::{build_parts, SubmitOptions};
+use crate::smpp::submit::{SubmitOptions, build_parts};
 use crate::store::{Op, OpResult, Store};
 
 /// What the dispatcher needs per carrier.
@@ -53,8 +53,26 @@ pub struct Dispatcher {
 pub fn is_permanent(code: u32) -> bool {
     matches!(
         code,
-        0x01 | 0x02 | 0x03 | 0x0A | 0x0B | 0x0C | 0x33 | 0x40 | 0x42 | 0x43 | 0x44 | 0x48 | 0x49 | 0x50 | 0x51
-            | 0x53 | 0x61 | 0x62 | 0x65 | 0x66 | 0xC0..=0xC4
+        0x01 | 0x02
+            | 0x03
+            | 0x0A
+            | 0x0B
+            | 0x0C
+            | 0x33
+            | 0x40
+            | 0x42
+            | 0x43
+            | 0x44
+            | 0x48
+            | 0x49
+            | 0x50
+            | 0x51
+            | 0x53
+            | 0x61
+            | 0x62
+            | 0x65
+            | 0x66
+            | 0xC0..=0xC4
     )
 }
 
@@ -72,7 +90,12 @@ const THROTTLE_PAUSE: Duration = Duration::from_millis(1000);
 
 impl Dispatcher {
     /// Builds the dispatcher.
-    pub fn new(store: Store, queues: Arc<Queues>, carriers: HashMap<String, CarrierDispatch>, policy: DispatchConfig) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        queues: Arc<Queues>,
+        carriers: HashMap<String, CarrierDispatch>,
+        policy: DispatchConfig,
+    ) -> Arc<Self> {
         Arc::new(Dispatcher { store, queues, carriers, policy })
     }
 
@@ -80,7 +103,9 @@ impl Dispatcher {
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut handles = Vec::new();
         for (name, queue) in self.queues.iter() {
-            let Some(carrier) = self.carriers.get(name).cloned() else { continue };
+            let Some(carrier) = self.carriers.get(name).cloned() else {
+                continue;
+            };
             let this = self.clone();
             let queue = queue.clone();
             let span = tracing::info_span!("dispatch", carrier = %name);
@@ -102,7 +127,12 @@ impl Dispatcher {
         handles
     }
 
-    async fn run(self: Arc<Self>, carrier: CarrierDispatch, queue: Arc<CarrierQueue>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self: Arc<Self>,
+        carrier: CarrierDispatch,
+        queue: Arc<CarrierQueue>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             if *shutdown.borrow() {
                 return;
@@ -129,7 +159,12 @@ impl Dispatcher {
         }
     }
 
-    async fn dispatch_one(self: &Arc<Self>, carrier: &CarrierDispatch, queue: &Arc<CarrierQueue>, id: &str) -> Result<(), crate::store::StoreError> {
+    async fn dispatch_one(
+        self: &Arc<Self>,
+        carrier: &CarrierDispatch,
+        queue: &Arc<CarrierQueue>,
+        id: &str,
+    ) -> Result<(), crate::store::StoreError> {
         let Some(msg) = self.store.message(id)? else {
             debug!(id, "queue entry without a message; skipping");
             return Ok(());
@@ -139,7 +174,11 @@ impl Dispatcher {
         }
         let now = now_ms();
         if now >= msg.expires_ms {
-            let error = ErrorInfo { code: "validity_expired".into(), message: "validity period ended before submission".into(), carrier_status: None };
+            let error = ErrorInfo {
+                code: "validity_expired".into(),
+                message: "validity period ended before submission".into(),
+                carrier_status: None,
+            };
             self.finish(&msg, Status::Expired, error).await?;
             return Ok(());
         }
@@ -218,15 +257,24 @@ impl Dispatcher {
             let attempts = msg.attempts + 1;
             let (op, due) = match p {
                 Problem::Invalid(reason) => (finish_op(&msg, "invalid_pdu", reason, None), None),
-                Problem::Rejected(code) if is_permanent(*code) => {
-                    (finish_op(&msg, "carrier_rejected", &format!("carrier refused the message (0x{code:08x})"), Some(*code)), None)
-                }
+                Problem::Rejected(code) if is_permanent(*code) => (
+                    finish_op(
+                        &msg,
+                        "carrier_rejected",
+                        &format!("carrier refused the message (0x{code:08x})"),
+                        Some(*code),
+                    ),
+                    None,
+                ),
                 _ if attempts >= self.policy.max_attempts => {
                     (finish_op(&msg, "max_attempts", &format!("gave up after {attempts} attempts"), code_of(p)), None)
                 }
                 Problem::Rejected(code) if is_throttle(*code) => {
                     let due = now_ms() + THROTTLE_PAUSE.as_millis() as u64;
-                    (reschedule_op(&msg, due, false, "carrier_throttled", "carrier asked to slow down", Some(*code)), Some(due))
+                    (
+                        reschedule_op(&msg, due, false, "carrier_throttled", "carrier asked to slow down", Some(*code)),
+                        Some(due),
+                    )
                 }
                 Problem::Unknown(reason) => {
                     let due = now_ms();
@@ -234,7 +282,17 @@ impl Dispatcher {
                 }
                 Problem::Rejected(code) => {
                     let due = now_ms() + backoff(&self.policy, attempts).as_millis() as u64;
-                    (reschedule_op(&msg, due, true, "carrier_temporary_error", &format!("carrier error 0x{code:08x}"), Some(*code)), Some(due))
+                    (
+                        reschedule_op(
+                            &msg,
+                            due,
+                            true,
+                            "carrier_temporary_error",
+                            &format!("carrier error 0x{code:08x}"),
+                            Some(*code),
+                        ),
+                        Some(due),
+                    )
                 }
             };
             ops.push(op);
@@ -311,7 +369,14 @@ fn finish_op(msg: &Message, code: &str, message: &str, carrier_status: Option<u3
     }
 }
 
-fn reschedule_op(msg: &Message, due_ms: u64, count_attempt: bool, code: &str, message: &str, carrier_status: Option<u32>) -> Op {
+fn reschedule_op(
+    msg: &Message,
+    due_ms: u64,
+    count_attempt: bool,
+    code: &str,
+    message: &str,
+    carrier_status: Option<u32>,
+) -> Op {
     Op::Reschedule {
         id: msg.id.clone(),
         due_ms,

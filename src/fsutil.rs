@@ -15,6 +15,7 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// `n` bytes from the OS random source.
+#[allow(clippy::panic)] // no entropy means no keys, tokens or nonces: nothing safe can continue
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use ring::rand::SecureRandom;
     let mut buf = vec![0u8; n];

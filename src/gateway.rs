@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -63,11 +63,8 @@ pub struct Gateway {
 fn link_settings(c: &CarrierConfig) -> Result<LinkSettings, StartError> {
     let err = |m: String| StartError::Carrier(c.name.clone(), m);
     let tls = if c.tls {
-        let config = tls::client_config(
-            c.ca_file.as_deref(),
-            c.client_cert.as_deref().zip(c.client_key.as_deref()),
-        )
-        .map_err(|e| err(e.to_string()))?;
+        let config = tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
+            .map_err(|e| err(e.to_string()))?;
         let name = c.server_name.clone().unwrap_or_else(|| c.host.clone());
         let name = ServerName::try_from(name).map_err(|e| err(format!("server name: {e}")))?;
         Some((config, name))
@@ -98,6 +95,8 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let metrics_handle = metrics::install();
+        // libphonenumber's metadata loads lazily (hundreds of ms); pay it before the first request.
+        let _ = tokio::task::spawn_blocking(|| crate::phone::E164::parse("+14155550123")).await;
         let store = Store::open(
             &config.data_dir,
             &StoreOptions { cache_bytes: config.store.cache_mb << 20, group_commit_max: config.store.group_commit_max },
@@ -107,7 +106,8 @@ impl Gateway {
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
-        let id_formats: HashMap<String, IdFormat> = config.carriers.iter().map(|c| (c.name.clone(), IdFormat::String)).collect();
+        let id_formats: HashMap<String, IdFormat> =
+            config.carriers.iter().map(|c| (c.name.clone(), IdFormat::String)).collect();
         let inbound = Inbound::new(store.clone(), id_formats);
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
@@ -136,7 +136,8 @@ impl Gateway {
             links,
             accepting: AtomicBool::new(true),
         });
-        let api_listener = TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
+        let api_listener =
+            TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
         let acceptor = match (&config.api.tls_cert, &config.api.tls_key) {
             (Some(cert), Some(key)) if !config.api.plaintext => {
@@ -147,7 +148,13 @@ impl Gateway {
                 None
             }
         };
-        let api_task = tokio::spawn(api::serve(api_listener, acceptor, state.clone(), shutdown_rx.clone(), Duration::from_secs(10)));
+        let api_task = tokio::spawn(api::serve(
+            api_listener,
+            acceptor,
+            state.clone(),
+            shutdown_rx.clone(),
+            Duration::from_secs(10),
+        ));
 
         let metrics_listener =
             TcpListener::bind(config.metrics.listen).await.map_err(|e| StartError::Listen(config.metrics.listen, e))?;
@@ -228,7 +235,9 @@ async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Resu
             q.push(e.due_ms, e.seq, e.id);
             continue;
         }
-        let Some(msg) = store.message(&e.id)? else { continue };
+        let Some(msg) = store.message(&e.id)? else {
+            continue;
+        };
         match config.route(&msg.content.to).and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
             Some(q) => q.push(e.due_ms, e.seq, e.id),
             None => unroutable.push(Op::Finish {

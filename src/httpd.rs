@@ -35,7 +35,9 @@ where
                     let (parts, body) = req.into_parts();
                     let bytes = match Limited::new(body, 1 << 20).collect().await {
                         Ok(b) => b.to_bytes(),
-                        Err(_) => return Ok::<_, Infallible>(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")),
+                        Err(_) => {
+                            return Ok::<_, Infallible>(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"));
+                        }
                     };
                     Ok(handler(Request::from_parts(parts, bytes)).await)
                 }
@@ -49,6 +51,7 @@ where
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::message::{now_ms, Status};
+use crate::message::{Status, now_ms};
 use crate::metrics as m;
-use crate::smpp::pdu::{status, ShortMessage};
-use crate::smpp::receipt::{self, normalize_id, IdFormat};
+use crate::smpp::pdu::{ShortMessage, status};
+use crate::smpp::receipt::{self, IdFormat, normalize_id};
 use crate::smpp::session::InboundHandler;
-use crate::store::{layout, Op, OpResult, Store};
+use crate::store::{Op, OpResult, Store, layout};
 use crate::text;
 
 /// An inbound text as stored.
@@ -49,11 +49,7 @@ impl Inbound {
     }
 
     async fn handle(&self, carrier: &str, sm: ShortMessage) -> u32 {
-        if sm.is_receipt() {
-            self.receipt(carrier, &sm).await
-        } else {
-            self.mobile_originated(carrier, &sm).await
-        }
+        if sm.is_receipt() { self.receipt(carrier, &sm).await } else { self.mobile_originated(carrier, &sm).await }
     }
 
     async fn receipt(&self, carrier: &str, sm: &ShortMessage) -> u32 {
@@ -64,7 +60,11 @@ impl Inbound {
             return status::OK;
         };
         let format = self.id_formats.get(carrier).copied().unwrap_or_default();
-        let op = Op::Receipt { carrier: carrier.to_string(), carrier_message_id: normalize_id(&r.id, format), outcome: r.outcome };
+        let op = Op::Receipt {
+            carrier: carrier.to_string(),
+            carrier_message_id: normalize_id(&r.id, format),
+            outcome: r.outcome,
+        };
         match self.store.commit_one(op).await {
             Ok(OpResult::Updated { status, became_final, created_ms, .. }) => {
                 m::receipt(carrier, "matched");
@@ -135,11 +135,7 @@ impl InboundHandler for Inbound {
 
 /// International numbers (TON 1) get their `+` back.
 fn address(addr: &str, ton: u8) -> String {
-    if ton == 1 && !addr.starts_with('+') {
-        format!("+{addr}")
-    } else {
-        addr.to_string()
-    }
+    if ton == 1 && !addr.starts_with('+') { format!("+{addr}") } else { addr.to_string() }
 }
 
 /// Decodes an inbound text; a UDH (esm_class 0x40) is skipped.
@@ -167,9 +163,17 @@ mod tests {
 
     #[test]
     fn inbound_text_decodes_by_data_coding_and_skips_udh() {
-        let sm = ShortMessage { data_coding: 0, short_message: Bytes::from(text::gsm_encode("STOP €").unwrap()), ..Default::default() };
+        let sm = ShortMessage {
+            data_coding: 0,
+            short_message: Bytes::from(text::gsm_encode("STOP €").unwrap()),
+            ..Default::default()
+        };
         assert_eq!(decode_text(&sm), "STOP €");
-        let sm = ShortMessage { data_coding: 8, short_message: Bytes::from(text::ucs2_encode("Alto 👋")), ..Default::default() };
+        let sm = ShortMessage {
+            data_coding: 8,
+            short_message: Bytes::from(text::ucs2_encode("Alto 👋")),
+            ..Default::default()
+        };
         assert_eq!(decode_text(&sm), "Alto 👋");
         let mut udh = vec![5, 0, 3, 1, 2, 1];
         udh.extend(text::gsm_encode("part").unwrap());

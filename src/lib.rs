@@ -7,24 +7,25 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod config;
-pub mod fsutil;
-pub mod message;
-pub mod metrics;
-pub mod phone;
-pub mod smpp;
-pub mod store;
-pub mod text;
-pub mod tls;
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod fsutil;
 pub mod gateway;
 pub mod httpd;
 pub mod inbound;
+pub mod message;
+pub mod metrics;
+pub mod phone;
 pub mod queue;
 pub mod sim;
+pub mod smpp;
+pub mod store;
+pub mod text;
+pub mod tls;

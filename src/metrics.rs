@@ -69,9 +69,11 @@ pub fn install() -> PrometheusHandle {
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    upkeep.run_upkeep();
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
                 })
                 .ok();
             describe();
@@ -81,7 +83,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(API_REQUESTS, "API requests by route and HTTP status");
     describe_histogram!(API_REQUEST_DURATION, Unit::Seconds, "API request handling time");
     describe_counter!(MESSAGES_ACCEPTED, "Messages accepted (durably stored, 202 sent)");

@@ -27,22 +27,14 @@ impl E164 {
     /// or spaces get a clear error instead of a guess about which country they meant.
     pub fn parse(input: &str) -> Result<Self, PhoneError> {
         let digits = input.strip_prefix('+').ok_or(PhoneError::NotE164)?;
-        if !(8..=15).contains(&digits.len())
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-            || digits.starts_with('0')
-        {
+        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
             return Err(PhoneError::NotE164);
         }
         let parsed = phonenumber::parse(None, input).map_err(|_| PhoneError::Invalid)?;
         if !parsed.is_valid() {
             return Err(PhoneError::Invalid);
         }
-        Ok(E164(
-            parsed
-                .format()
-                .mode(phonenumber::Mode::E164)
-                .to_string(),
-        ))
+        Ok(E164(parsed.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
     /// Wraps a number that was validated before (read back from the store, or from a carrier,
@@ -111,7 +103,17 @@ mod tests {
 
     #[test]
     fn rejects_non_e164_forms() {
-        for bad in ["", "+", "14155550123", "+1 415 555 0123", "+1-415", "+0123456789", "++14155550123", "+1415555012345678", "+1４１５５５５０１２３"] {
+        for bad in [
+            "",
+            "+",
+            "14155550123",
+            "+1 415 555 0123",
+            "+1-415",
+            "+0123456789",
+            "++14155550123",
+            "+1415555012345678",
+            "+1４１５５５５０１２３",
+        ] {
             assert_eq!(E164::parse(bad), Err(PhoneError::NotE164), "{bad:?}");
         }
     }

@@ -47,7 +47,9 @@ impl CarrierQueue {
     }
 
     fn pop_if_due(&self, now: u64) -> Result<Entry, Option<u64>> {
-        let Ok(mut e) = self.entries.lock() else { return Err(None) };
+        let Ok(mut e) = self.entries.lock() else {
+            return Err(None);
+        };
         match e.first() {
             Some(first) if first.0 <= now => e.pop_first().ok_or(None),
             Some(first) => Err(Some(first.0)),

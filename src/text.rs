@@ -132,11 +132,8 @@ pub fn analyze(text: &str) -> Analysis {
         Some(units) => (Encoding::Gsm7, units),
         None => (Encoding::Ucs2, text.encode_utf16().count()),
     };
-    let segments = if units <= encoding.single_capacity() {
-        1
-    } else {
-        split(text, encoding, encoding.segment_capacity(6)).len()
-    };
+    let segments =
+        if units <= encoding.single_capacity() { 1 } else { split(text, encoding, encoding.segment_capacity(6)).len() };
     Analysis { encoding, units, segments }
 }
 
@@ -243,9 +240,7 @@ pub fn ucs2_encode(text: &str) -> Vec<u8> {
 /// Decodes UTF-16BE; an odd trailing byte or a lone surrogate becomes U+FFFD.
 pub fn ucs2_decode(bytes: &[u8]) -> String {
     let units = bytes.chunks_exact(2).map(|p| u16::from_be_bytes([p[0], p[1]]));
-    let mut out: String = char::decode_utf16(units)
-        .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-        .collect();
+    let mut out: String = char::decode_utf16(units).map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER)).collect();
     if bytes.len() % 2 == 1 {
         out.push(char::REPLACEMENT_CHARACTER);
     }

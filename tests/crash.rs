@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hyper::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smsgate");
 const CYCLES: usize = 3;
@@ -76,11 +76,18 @@ async fn sigkill_mid_load_loses_nothing_acknowledged() {
     let port = info["tls_port"].as_u64().unwrap() as u16;
     let data = tempfile::tempdir().unwrap();
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = config_text(data.path(), &certs, port, &format!("binds = {BINDS}\nwindow = {WINDOW}"))
-        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{api_port}\""), 1);
+    let text = config_text(data.path(), &certs, port, &format!("binds = {BINDS}\nwindow = {WINDOW}")).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{api_port}\""),
+        1,
+    );
     let config = certs.path("smsgate.toml");
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(BIN).args(["keys", "create", "--name", "crash", "--scopes", "send,read", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--name", "crash", "--scopes", "send,read", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let token = stdout.lines().find_map(|l| l.strip_prefix("token:")).unwrap().trim().to_string();
@@ -96,7 +103,9 @@ async fn sigkill_mid_load_loses_nothing_acknowledged() {
         for t in 0..CLIENTS {
             let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
-                let Ok(mut conn) = client.connect().await else { return };
+                let Ok(mut conn) = client.connect().await else {
+                    return;
+                };
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let body = format!("crash c{cycle} t{t} n{n}");
@@ -140,7 +149,11 @@ async fn sigkill_mid_load_loses_nothing_acknowledged() {
     let missing: Vec<&String> = accepted.iter().filter(|b| !counts.contains_key(*b)).collect();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
     let bound = WINDOW * BINDS * CYCLES;
-    println!("crash test: {CYCLES} SIGKILL cycles, {} messages acknowledged (202), {} missing, {duplicates} duplicate submits (bound {bound})", accepted.len(), missing.len());
+    println!(
+        "crash test: {CYCLES} SIGKILL cycles, {} messages acknowledged (202), {} missing, {duplicates} duplicate submits (bound {bound})",
+        accepted.len(),
+        missing.len()
+    );
     assert!(accepted.len() > 100, "the load was too light to prove anything");
     assert!(missing.is_empty(), "acknowledged but never submitted: {:?}", &missing[..missing.len().min(10)]);
     assert!(duplicates <= bound, "{duplicates} duplicates exceed window × binds × kills = {bound}");

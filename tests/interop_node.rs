@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use hyper::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub struct Node(Child);
 
@@ -62,11 +62,14 @@ pub fn start_node_sim(certs: &Certs, extra: &[&str]) -> Option<(Node, Value)> {
 #[tokio::test]
 async fn submit_receipt_and_inbound_through_the_node_simulator_over_tls() {
     let certs = Certs::new();
-    let Some((_node, info)) = start_node_sim(&certs, &["--dlr-delay-ms", "20"]) else { return };
+    let Some((_node, info)) = start_node_sim(&certs, &["--dlr-delay-ms", "20"]) else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let port = info["tls_port"].as_u64().unwrap() as u16;
     let gw = TestGateway::start(parse_config(&config_text(data.path(), &certs, port, "")), &certs).await;
-    let long = "This is a long reminder for your appointment; please bring your insurance card and arrive early. ".repeat(4);
+    let long =
+        "This is a long reminder for your appointment; please bring your insurance card and arrive early. ".repeat(4);
     let bodies = ["Plain GSM text with {braces} and €", "Emoji and Cyrillic: Привет 👋", long.as_str()];
     let mut ids = Vec::new();
     for b in bodies {
@@ -94,7 +97,14 @@ async fn submit_receipt_and_inbound_through_the_node_simulator_over_tls() {
     // curl blocks, and the gateway runs on this test's runtime: keep it off the runtime.
     let out = tokio::task::spawn_blocking(move || {
         Command::new("curl")
-            .args(["-s", "-X", "POST", &format!("http://127.0.0.1:{control}/mo"), "-d", r#"{"from":"+14155550123","to":"CLINIC","text":"Running late, sorry"}"#])
+            .args([
+                "-s",
+                "-X",
+                "POST",
+                &format!("http://127.0.0.1:{control}/mo"),
+                "-d",
+                r#"{"from":"+14155550123","to":"CLINIC","text":"Running late, sorry"}"#,
+            ])
             .output()
             .unwrap()
     })
@@ -103,7 +113,8 @@ async fn submit_receipt_and_inbound_through_the_node_simulator_over_tls() {
     let mo: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(mo["ok"], true, "{mo}");
     assert_eq!(mo["command_status"][0], 0);
-    let inbound: Vec<smsgate::inbound::InboundMessage> = gw.gateway.store.scan(smsgate::store::layout::INBOUND).unwrap();
+    let inbound: Vec<smsgate::inbound::InboundMessage> =
+        gw.gateway.store.scan(smsgate::store::layout::INBOUND).unwrap();
     assert_eq!(inbound.len(), 1);
     assert_eq!(inbound[0].body, "Running late, sorry");
     assert_eq!(inbound[0].from, "+14155550123");

@@ -25,7 +25,13 @@ async fn setup(sim_config: SimConfig) -> (Certs, TestSim, TestGateway, tempfile:
 #[tokio::test]
 async fn a_message_goes_queued_submitted_delivered() {
     let (_certs, sim, gw, _data) = setup(SimConfig::default()).await;
-    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "Your appointment is at 10:00", "client_ref": "r-1"})).await;
+    let a = gw
+        .client
+        .post(
+            "/v1/messages",
+            &json!({"to": "+14155550123", "body": "Your appointment is at 10:00", "client_ref": "r-1"}),
+        )
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     assert_eq!(a.json["status"], "queued");
     assert_eq!(a.json["segments"], 1);
@@ -62,7 +68,8 @@ async fn long_and_unicode_messages_arrive_whole() {
     let b = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "Привет 👋 see you soon"})).await;
     assert_eq!(b.json["encoding"], "ucs2");
     for id in [&a.json["id"], &b.json["id"]] {
-        let m = gw.client.wait_message(id.as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "delivered").await;
+        let m =
+            gw.client.wait_message(id.as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "delivered").await;
         assert_eq!(m["status"], "delivered", "{m}");
     }
     let rec = read_record(sim.record.as_ref().unwrap());
@@ -80,7 +87,10 @@ async fn long_and_unicode_messages_arrive_whole() {
 async fn undeliverable_receipts_end_the_message() {
     let (_certs, _sim, gw, _data) = setup(SimConfig { dlr_fail_ratio: 1.0, ..SimConfig::default() }).await;
     let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "x"})).await;
-    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "undeliverable").await;
+    let m = gw
+        .client
+        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "undeliverable")
+        .await;
     assert_eq!(m["status"], "undeliverable", "{m}");
     assert_eq!(m["error"]["code"], "carrier_undeliverable");
     assert_eq!(m["error"]["carrier_status"], 1);
@@ -126,12 +136,21 @@ async fn bad_requests_get_the_documented_errors() {
     assert_eq!((a.status, a.json["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("malformed_json")));
     assert!(a.json["error"]["message"].as_str().unwrap().len() > 10);
     let a = c.post("/v1/messages", &json!({"to": "+14155550123", "body": "x", "priority": 1})).await;
-    assert_eq!((a.status, a.json["error"]["code"].as_str(), a.json["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_field"), Some("priority")));
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str(), a.json["error"]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_field"), Some("priority"))
+    );
     let a = c.post("/v1/messages", &json!({"to": "+1415", "body": "x"})).await;
-    assert_eq!((a.json["error"]["code"].as_str(), a.json["error"]["field"].as_str()), (Some("invalid_field"), Some("to")));
+    assert_eq!(
+        (a.json["error"]["code"].as_str(), a.json["error"]["field"].as_str()),
+        (Some("invalid_field"), Some("to"))
+    );
     let big = Bytes::from(vec![b' '; 64 * 1024 + 1]);
     let a = c.raw(Method::POST, "/v1/messages", &json_ct, big).await;
-    assert_eq!((a.status, a.json["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
     let a = c.raw(Method::POST, "/v1/messages", &[("content-type", "text/plain")], Bytes::from_static(b"hi")).await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let a = c.get("/v1/messages/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;

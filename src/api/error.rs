@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{header, Response, StatusCode};
+use hyper::{Response, StatusCode, header};
 use serde_json::json;
 
 /// An error answer.
@@ -49,7 +49,8 @@ impl ApiError {
 
     /// 400 `unknown_field`.
     pub fn unknown_field(field: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "unknown_field", format!("The field '{field}' is not part of this API.")).field(field)
+        Self::new(StatusCode::BAD_REQUEST, "unknown_field", format!("The field '{field}' is not part of this API."))
+            .field(field)
     }
 
     /// 401 `unauthorized`.
@@ -74,7 +75,11 @@ impl ApiError {
 
     /// 413 `payload_too_large`.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("Request bodies are limited to {limit} bytes."))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("Request bodies are limited to {limit} bytes."),
+        )
     }
 
     /// 415 `unsupported_media_type`.

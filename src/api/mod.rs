@@ -6,18 +6,18 @@ pub mod send;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{header, Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{KeyRing, Principal, Scope};
 use crate::config::Config;
-use crate::message::{rfc3339, Message};
+use crate::message::{Message, rfc3339};
 use crate::metrics as m;
 use crate::phone::mask;
 use crate::queue::Queues;
@@ -173,7 +173,8 @@ fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > MAX_BODY_BYTES
     {
         return Err(ApiError::too_large(MAX_BODY_BYTES));
@@ -197,7 +198,11 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
 async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
     let principal = authorize(state, &req, Scope::Send)?;
     if !state.accepting.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("shutting_down", "The gateway is shutting down; retry on another instance or shortly.", 5));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "The gateway is shutting down; retry on another instance or shortly.",
+            5,
+        ));
     }
     let value = read_json(req).await?;
     let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
@@ -226,7 +231,11 @@ async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
     warn!(error = %e, "store error on the API path");
-    ApiError::unavailable("store_unavailable", "The message store is unavailable; nothing was accepted. Retry later.", 5)
+    ApiError::unavailable(
+        "store_unavailable",
+        "The message store is unavailable; nothing was accepted. Retry later.",
+        5,
+    )
 }
 
 fn get_message(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
@@ -280,7 +289,10 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
     for link in &state.links {
         let binds = link.bind_statuses();
         any_bound |= link.transmitting_binds() > 0;
-        carriers.insert(link.name().to_string(), json!({ "transmitting_binds": link.transmitting_binds(), "binds": binds }));
+        carriers.insert(
+            link.name().to_string(),
+            json!({ "transmitting_binds": link.transmitting_binds(), "binds": binds }),
+        );
     }
     let accepting = state.accepting.load(Ordering::Acquire);
     let ready = any_bound && accepting;

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use crate::message::{now_ms, Content, Event, Message, Part, Status};
+use crate::message::{Content, Event, Message, Part, Status, now_ms};
 use crate::phone::{E164, PhoneError};
 use crate::text;
 
@@ -31,8 +31,17 @@ pub struct SendRequest {
     pub recipient_timezone: Option<String>,
 }
 
-const FIELDS: &[&str] =
-    &["to", "from", "body", "client_ref", "send_at", "validity_seconds", "callback_url", "category", "recipient_timezone"];
+const FIELDS: &[&str] = &[
+    "to",
+    "from",
+    "body",
+    "client_ref",
+    "send_at",
+    "validity_seconds",
+    "callback_url",
+    "category",
+    "recipient_timezone",
+];
 
 /// Limits that depend on configuration.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +68,10 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     }
     let to = opt_string(obj, "to")?.ok_or_else(|| ApiError::missing("to"))?;
     let to = E164::parse(to).map_err(|e| match e {
-        PhoneError::NotE164 => ApiError::invalid("to", "'to' must be an E.164 number: '+', country code and number, digits only (e.g. +14155550123)."),
+        PhoneError::NotE164 => ApiError::invalid(
+            "to",
+            "'to' must be an E.164 number: '+', country code and number, digits only (e.g. +14155550123).",
+        ),
         PhoneError::Invalid => ApiError::invalid("to", "'to' is not a valid phone number for its country code."),
     })?;
     let body = opt_string(obj, "body")?.ok_or_else(|| ApiError::missing("body"))?;
@@ -68,7 +80,10 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     }
     let chars = body.chars().count();
     if chars > limits.max_body_chars {
-        return Err(ApiError::invalid("body", format!("'body' has {chars} characters; the limit is {}.", limits.max_body_chars)));
+        return Err(ApiError::invalid(
+            "body",
+            format!("'body' has {chars} characters; the limit is {}.", limits.max_body_chars),
+        ));
     }
     if body.chars().any(|c| c == '\0') {
         return Err(ApiError::invalid("body", "'body' must not contain NUL characters."));
@@ -85,9 +100,13 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     let send_at_ms = opt_string(obj, "send_at")?
         .map(|s| {
             let ts: jiff::Timestamp = s.parse().map_err(|_| {
-                ApiError::invalid("send_at", "'send_at' must be an RFC 3339 time with an offset, e.g. 2026-11-23T09:00:00Z.")
+                ApiError::invalid(
+                    "send_at",
+                    "'send_at' must be an RFC 3339 time with an offset, e.g. 2026-11-23T09:00:00Z.",
+                )
             })?;
-            let ms = u64::try_from(ts.as_millisecond()).map_err(|_| ApiError::invalid("send_at", "'send_at' is before 1970."))?;
+            let ms = u64::try_from(ts.as_millisecond())
+                .map_err(|_| ApiError::invalid("send_at", "'send_at' is before 1970."))?;
             if ms > now_ms() + 366 * 24 * 3600 * 1000 {
                 return Err(ApiError::invalid("send_at", "'send_at' is more than a year ahead."));
             }
@@ -98,13 +117,20 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
             Some(n) if (60..=30 * 24 * 3600).contains(&n) => Some(n),
-            _ => return Err(ApiError::invalid("validity_seconds", "'validity_seconds' must be an integer from 60 to 2592000 (30 days).")),
+            _ => {
+                return Err(ApiError::invalid(
+                    "validity_seconds",
+                    "'validity_seconds' must be an integer from 60 to 2592000 (30 days).",
+                ));
+            }
         },
     };
     let callback_url = opt_string(obj, "callback_url")?.map(validate_callback).transpose()?;
     let category = opt_string(obj, "category")?
         .map(|c| {
-            if (1..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if (1..=64).contains(&c.len())
+                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 Ok(c.to_string())
             } else {
                 Err(ApiError::invalid("category", "'category' is 1 to 64 characters of a-z, 0-9 and '_'."))
@@ -114,10 +140,23 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     let recipient_timezone = opt_string(obj, "recipient_timezone")?
         .map(|tz| match jiff::tz::TimeZone::get(tz) {
             Ok(_) => Ok(tz.to_string()),
-            Err(_) => Err(ApiError::invalid("recipient_timezone", "'recipient_timezone' must be an IANA time zone name, e.g. America/Chicago.")),
+            Err(_) => Err(ApiError::invalid(
+                "recipient_timezone",
+                "'recipient_timezone' must be an IANA time zone name, e.g. America/Chicago.",
+            )),
         })
         .transpose()?;
-    Ok(SendRequest { to, from, body: body.to_string(), client_ref, send_at_ms, validity_seconds, callback_url, category, recipient_timezone })
+    Ok(SendRequest {
+        to,
+        from,
+        body: body.to_string(),
+        client_ref,
+        send_at_ms,
+        validity_seconds,
+        callback_url,
+        category,
+        recipient_timezone,
+    })
 }
 
 /// Sender ids: `+E.164`, 3–15 digits (short or long code), or 1–11 alphanumerics (GSM 03.40
@@ -153,12 +192,21 @@ fn validate_callback(url: &str) -> Result<String, ApiError> {
     if ok && url.len() <= 2048 && !url.chars().any(char::is_whitespace) {
         Ok(url.to_string())
     } else {
-        Err(ApiError::invalid("callback_url", "'callback_url' must be an https:// URL (http:// only to localhost), at most 2048 characters."))
+        Err(ApiError::invalid(
+            "callback_url",
+            "'callback_url' must be an https:// URL (http:// only to localhost), at most 2048 characters.",
+        ))
     }
 }
 
 /// Builds the record for an accepted request.
-pub fn build_message(req: SendRequest, key_id: &str, seq: u64, route: Vec<String>, default_validity_secs: u64) -> Message {
+pub fn build_message(
+    req: SendRequest,
+    key_id: &str,
+    seq: u64,
+    route: Vec<String>,
+    default_validity_secs: u64,
+) -> Message {
     let now = now_ms();
     let analysis = text::analyze(&req.body);
     let due_ms = req.send_at_ms.unwrap_or(now).max(now);
@@ -221,9 +269,17 @@ mod tests {
             (json!({"to": "+14155550123", "body": "x", "send_at": "tomorrow"}), "invalid_field", "send_at"),
             (json!({"to": "+14155550123", "body": "x", "validity_seconds": -1}), "invalid_field", "validity_seconds"),
             (json!({"to": "+14155550123", "body": "x", "validity_seconds": 1.5}), "invalid_field", "validity_seconds"),
-            (json!({"to": "+14155550123", "body": "x", "callback_url": "http://example.com/x"}), "invalid_field", "callback_url"),
+            (
+                json!({"to": "+14155550123", "body": "x", "callback_url": "http://example.com/x"}),
+                "invalid_field",
+                "callback_url",
+            ),
             (json!({"to": "+14155550123", "body": "x", "category": "Urgent!"}), "invalid_field", "category"),
-            (json!({"to": "+14155550123", "body": "x", "recipient_timezone": "Mars/Olympus"}), "invalid_field", "recipient_timezone"),
+            (
+                json!({"to": "+14155550123", "body": "x", "recipient_timezone": "Mars/Olympus"}),
+                "invalid_field",
+                "recipient_timezone",
+            ),
             (json!({"to": "+14155550123", "body": "x".repeat(1601)}), "invalid_field", "body"),
             (json!({"to": "+14155550123", "body": "a\u{0}b"}), "invalid_field", "body"),
         ];
@@ -244,7 +300,11 @@ mod tests {
         // 2030 is more than a year ahead of 2026.
         assert_eq!(r.unwrap_err().field.as_deref(), Some("send_at"));
         let soon = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(2)).unwrap().to_string();
-        let r = parse(&json!({"to": "+14155550123", "body": "x", "send_at": soon, "callback_url": "http://127.0.0.1:9/x"}), LIMITS).unwrap();
+        let r = parse(
+            &json!({"to": "+14155550123", "body": "x", "send_at": soon, "callback_url": "http://127.0.0.1:9/x"}),
+            LIMITS,
+        )
+        .unwrap();
         assert!(r.send_at_ms.unwrap() > now_ms());
         let m = build_message(r, "k1", 7, vec!["c".into()], 3600);
         assert_eq!(m.status, Status::Scheduled);

@@ -7,11 +7,11 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{inc, Sim};
+use super::{Sim, inc};
 use crate::api::json_response;
 use crate::httpd;
 use crate::smpp::pdu::ShortMessage;
@@ -45,7 +45,9 @@ async fn handle(sim: &Arc<Sim>, req: Request<Bytes>) -> Response<Full<Bytes>> {
 /// answers once every part's `deliver_sm_resp` is back.
 async fn mo(sim: &Arc<Sim>, body: &Bytes) -> Response<Full<Bytes>> {
     let bad = |m: &str| json_response(StatusCode::BAD_REQUEST, &json!({"ok": false, "error": m}));
-    let Ok(v) = serde_json::from_slice::<Value>(body) else { return bad("body must be JSON") };
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return bad("body must be JSON");
+    };
     let (Some(from), Some(to), Some(msg)) = (v["from"].as_str(), v["to"].as_str(), v["text"].as_str()) else {
         return bad("from, to and text are required");
     };
@@ -53,7 +55,9 @@ async fn mo(sim: &Arc<Sim>, body: &Bytes) -> Response<Full<Bytes>> {
     let session = v["session"].as_u64();
     let gsm = text::gsm_encode(msg).filter(|_| v["data_coding"].as_u64() != Some(8));
     let (data_coding, encoding) = if gsm.is_some() { (0u8, text::Encoding::Gsm7) } else { (8u8, text::Encoding::Ucs2) };
-    let encode = |s: &str| if data_coding == 0 { text::gsm_encode(s).unwrap_or_default() } else { text::ucs2_encode(s) };
+    let encode = |s: &str| {
+        if data_coding == 0 { text::gsm_encode(s).unwrap_or_default() } else { text::ucs2_encode(s) }
+    };
     let single = text::analyze(msg).units <= encoding.single_capacity() || text::analyze(msg).encoding != encoding;
     let pieces: Vec<&str> = if single { vec![msg] } else { text::split(msg, encoding, encoding.segment_capacity(6)) };
     let reference = (crate::fsutil::random_u64() & 0xFF) as u8;
@@ -76,7 +80,10 @@ async fn mo(sim: &Arc<Sim>, body: &Bytes) -> Response<Full<Bytes>> {
             ..ShortMessage::default()
         };
         let Some((sid, rx)) = sim.push_deliver(system_id, used_session.or(session), &pdu) else {
-            return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"ok": false, "error": "no receiver or transceiver bound"}));
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ok": false, "error": "no receiver or transceiver bound"}),
+            );
         };
         used_session = Some(sid);
         inc(&sim.stats.mo_sent);
@@ -85,7 +92,12 @@ async fn mo(sim: &Arc<Sim>, body: &Bytes) -> Response<Full<Bytes>> {
                 inc(if status == 0 { &sim.stats.mo_resp_ok } else { &sim.stats.mo_resp_error });
                 statuses.push(status);
             }
-            _ => return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"ok": false, "error": "no deliver_sm_resp within 10 s"})),
+            _ => {
+                return json_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &json!({"ok": false, "error": "no deliver_sm_resp within 10 s"}),
+                );
+            }
         }
     }
     json_response(

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -153,7 +153,12 @@ pub struct SimListeners {
 
 impl Sim {
     /// Starts the simulator on the given listeners; it runs until `shutdown` turns true.
-    pub fn start(config: SimConfig, listeners: SimListeners, recorder: Option<Recorder>, shutdown: watch::Receiver<bool>) -> SimHandle {
+    pub fn start(
+        config: SimConfig,
+        listeners: SimListeners,
+        recorder: Option<Recorder>,
+        shutdown: watch::Receiver<bool>,
+    ) -> SimHandle {
         let sim = Arc::new(Sim {
             next_msgid: AtomicU64::new(config.msgid_start),
             config,
@@ -212,10 +217,28 @@ impl Sim {
     pub fn reset(&self) {
         let s = &self.stats;
         for a in [
-            &s.connections, &s.bind_ok, &s.bind_fail, &s.submit_sm_total, &s.submit_sm_ok, &s.throttled, &s.submit_sm_unbound,
-            &s.dlr_sent, &s.dlr_delivered, &s.dlr_undeliv, &s.dlr_resp_ok, &s.dlr_resp_error, &s.mo_sent, &s.mo_resp_ok,
-            &s.mo_resp_error, &s.enquire_link, &s.unbind, &s.drops, &s.generic_nack_sent, &s.errors,
-            &self.first_submit_ms, &self.last_submit_ms,
+            &s.connections,
+            &s.bind_ok,
+            &s.bind_fail,
+            &s.submit_sm_total,
+            &s.submit_sm_ok,
+            &s.throttled,
+            &s.submit_sm_unbound,
+            &s.dlr_sent,
+            &s.dlr_delivered,
+            &s.dlr_undeliv,
+            &s.dlr_resp_ok,
+            &s.dlr_resp_error,
+            &s.mo_sent,
+            &s.mo_resp_ok,
+            &s.mo_resp_error,
+            &s.enquire_link,
+            &s.unbind,
+            &s.drops,
+            &s.generic_nack_sent,
+            &s.errors,
+            &self.first_submit_ms,
+            &self.last_submit_ms,
         ] {
             a.store(0, Ordering::Relaxed);
         }
@@ -223,7 +246,8 @@ impl Sim {
 
     /// Drops every SMPP connection (`POST /drop`).
     pub fn drop_all(&self) -> usize {
-        let sessions = self.sessions.lock().map(|s| s.values().map(|e| e.kill.clone()).collect::<Vec<_>>()).unwrap_or_default();
+        let sessions =
+            self.sessions.lock().map(|s| s.values().map(|e| e.kill.clone()).collect::<Vec<_>>()).unwrap_or_default();
         for k in &sessions {
             let _ = k.send(true);
             inc(&self.stats.drops);
@@ -233,17 +257,25 @@ impl Sim {
 
     /// Sends `pdu` to a receiving session of `system_id` (any, if `None`), round-robin.
     /// Returns the session id and a receiver for the `deliver_sm_resp` status.
-    pub(crate) fn push_deliver(&self, system_id: Option<&str>, session: Option<u64>, pdu: &crate::smpp::pdu::ShortMessage) -> Option<(u64, oneshot::Receiver<u32>)> {
+    pub(crate) fn push_deliver(
+        &self,
+        system_id: Option<&str>,
+        session: Option<u64>,
+        pdu: &crate::smpp::pdu::ShortMessage,
+    ) -> Option<(u64, oneshot::Receiver<u32>)> {
         let sessions = self.sessions.lock().ok()?;
         let mut candidates: Vec<(&u64, &SessionEntry)> = sessions
             .iter()
-            .filter(|(id, e)| e.can_receive && session.is_none_or(|s| s == **id) && system_id.is_none_or(|s| s == e.system_id))
+            .filter(|(id, e)| {
+                e.can_receive && session.is_none_or(|s| s == **id) && system_id.is_none_or(|s| s == e.system_id)
+            })
             .collect();
         if candidates.is_empty() {
             return None;
         }
         candidates.sort_by_key(|(id, _)| **id);
-        let pick = (self.stats.dlr_sent.load(Ordering::Relaxed) + self.stats.mo_sent.load(Ordering::Relaxed)) as usize % candidates.len();
+        let pick = (self.stats.dlr_sent.load(Ordering::Relaxed) + self.stats.mo_sent.load(Ordering::Relaxed)) as usize
+            % candidates.len();
         let (id, entry) = candidates[pick];
         let seq = (entry.next_seq.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF) as u32 + 1;
         let bytes = match crate::smpp::pdu::encode_deliver_sm(seq, pdu) {
@@ -282,7 +314,12 @@ impl Sim {
     }
 }
 
-async fn accept_loop(sim: Arc<Sim>, listener: TcpListener, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    sim: Arc<Sim>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {

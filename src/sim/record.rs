@@ -4,10 +4,10 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::fsutil::hex;
 use crate::smpp::pdu::ShortMessage;
@@ -26,7 +26,15 @@ impl Recorder {
     }
 
     /// Writes one record.
-    pub fn record(&self, session: u64, system_id: &str, seq: u32, command_status: u32, message_id: Option<&str>, sm: &ShortMessage) {
+    pub fn record(
+        &self,
+        session: u64,
+        system_id: &str,
+        seq: u32,
+        command_status: u32,
+        message_id: Option<&str>,
+        sm: &ShortMessage,
+    ) {
         let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
         let mut line = describe(sm);
         line["ts"] = json!(jiff::Timestamp::now().to_string());
@@ -57,11 +65,15 @@ pub fn describe(sm: &ShortMessage) -> Value {
     let mut i = 1;
     while i + 1 < udh.len() {
         let (iei, len) = (udh[i], usize::from(udh[i + 1]));
-        let Some(ie) = udh.get(i + 2..i + 2 + len) else { break };
+        let Some(ie) = udh.get(i + 2..i + 2 + len) else {
+            break;
+        };
         ies.push(json!({"iei": iei, "data": hex(ie)}));
         match (iei, ie) {
             (0x00, [r, t, s]) => concat = json!({"ref": r, "total": t, "seq": s, "ref_bits": 8}),
-            (0x08, [r1, r2, t, s]) => concat = json!({"ref": u16::from_be_bytes([*r1, *r2]), "total": t, "seq": s, "ref_bits": 16}),
+            (0x08, [r1, r2, t, s]) => {
+                concat = json!({"ref": u16::from_be_bytes([*r1, *r2]), "total": t, "seq": s, "ref_bits": 16})
+            }
             _ => {}
         }
         i += 2 + len;

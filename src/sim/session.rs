@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::{inc, PendingDlr, SessionEntry, Sim};
+use super::{PendingDlr, SessionEntry, Sim, inc};
 use crate::smpp::frame::FrameReader;
-use crate::smpp::pdu::{self, status, Address, BindMode, Pdu, ShortMessage};
+use crate::smpp::pdu::{self, Address, BindMode, Pdu, ShortMessage, status};
 
 /// Runs a connection until it closes, is unbound, or is dropped on request.
 pub(crate) async fn run<S>(sim: Arc<Sim>, stream: S, remote: String, tls: bool, mut shutdown: watch::Receiver<bool>)
@@ -166,7 +166,11 @@ where
                 send(pdu::unbind_resp(frame.seq));
                 break;
             }
-            Pdu::GenericNack | Pdu::EnquireLinkResp | Pdu::UnbindResp | Pdu::BindResp { .. } | Pdu::SubmitSmResp { .. } => {}
+            Pdu::GenericNack
+            | Pdu::EnquireLinkResp
+            | Pdu::UnbindResp
+            | Pdu::BindResp { .. }
+            | Pdu::SubmitSmResp { .. } => {}
             Pdu::DeliverSm(_) | Pdu::Unsupported => {
                 inc(&sim.stats.generic_nack_sent);
                 send(pdu::generic_nack(frame.seq, status::INVALID_CMD_ID));
@@ -181,7 +185,14 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
 }
 
-fn schedule_receipt(sim: &Arc<Sim>, session_id: u64, mode: BindMode, system_id: String, id: String, submitted: ShortMessage) {
+fn schedule_receipt(
+    sim: &Arc<Sim>,
+    session_id: u64,
+    mode: BindMode,
+    system_id: String,
+    id: String,
+    submitted: ShortMessage,
+) {
     let n = sim.accepted.fetch_add(1, Ordering::Relaxed) + 1;
     // Deterministic accumulator: exactly `ratio` of the messages fail.
     let ratio = sim.config.dlr_fail_ratio;
@@ -192,8 +203,10 @@ fn schedule_receipt(sim: &Arc<Sim>, session_id: u64, mode: BindMode, system_id: 
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let now = jiff::Timestamp::now().strftime("%y%m%d%H%M").to_string();
-        let (stat, dlvrd, err, state) = if fail { ("UNDELIV", "000", "001", 5u8) } else { ("DELIVRD", "001", "000", 2u8) };
-        let text = format!("id:{id} sub:001 dlvrd:{dlvrd} submit date:{now} done date:{now} stat:{stat} err:{err} text:");
+        let (stat, dlvrd, err, state) =
+            if fail { ("UNDELIV", "000", "001", 5u8) } else { ("DELIVRD", "001", "000", 2u8) };
+        let text =
+            format!("id:{id} sub:001 dlvrd:{dlvrd} submit date:{now} done date:{now} stat:{stat} err:{err} text:");
         let receipt = ShortMessage {
             source: Address { ton: submitted.dest.ton, npi: submitted.dest.npi, addr: submitted.dest.addr.clone() },
             dest: Address { ton: submitted.source.ton, npi: submitted.source.npi, addr: submitted.source.addr.clone() },
@@ -213,7 +226,9 @@ fn schedule_receipt(sim: &Arc<Sim>, session_id: u64, mode: BindMode, system_id: 
 }
 
 async fn deliver_receipt(sim: &Arc<Sim>, system_id: &str, session: Option<u64>, receipt: ShortMessage, fail: bool) {
-    let pushed = sim.push_deliver(Some(system_id), session, &receipt).or_else(|| sim.push_deliver(Some(system_id), None, &receipt));
+    let pushed = sim
+        .push_deliver(Some(system_id), session, &receipt)
+        .or_else(|| sim.push_deliver(Some(system_id), None, &receipt));
     match pushed {
         Some((_, rx)) => {
             inc(&sim.stats.dlr_sent);

@@ -19,8 +19,8 @@ use rusmpp::pdus::{
 use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, MessageSubmissionRequestTlvValue, TlvValue};
 use rusmpp::types::{AnyOctetString, COctetString, EmptyOrFullCOctetString, OctetString};
 use rusmpp::values::{
-    DataCoding, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessagePayload, MessageState, NetworkErrorCode,
-    Npi, PriorityFlag, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType, Ton,
+    DataCoding, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessagePayload, MessageState, NetworkErrorCode, Npi,
+    PriorityFlag, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType, Ton,
 };
 use rusmpp::{Command, CommandId, CommandStatus, Pdu as RPdu};
 
@@ -361,7 +361,11 @@ fn from_rusmpp(command: &Command, frame: &Frame) -> Result<Pdu, String> {
         RPdu::DeliverSmResp(_) => Pdu::DeliverSmResp,
         RPdu::SubmitSm(s) => Pdu::SubmitSm(Box::new(ShortMessage {
             service_type: s.service_type.value().to_string(),
-            source: Address { ton: s.source_addr_ton.into(), npi: s.source_addr_npi.into(), addr: s.source_addr.to_string() },
+            source: Address {
+                ton: s.source_addr_ton.into(),
+                npi: s.source_addr_npi.into(),
+                addr: s.source_addr.to_string(),
+            },
             dest: Address {
                 ton: s.dest_addr_ton.into(),
                 npi: s.dest_addr_npi.into(),
@@ -379,7 +383,11 @@ fn from_rusmpp(command: &Command, frame: &Frame) -> Result<Pdu, String> {
         })),
         RPdu::DeliverSm(d) => Pdu::DeliverSm(Box::new(ShortMessage {
             service_type: d.service_type.value().to_string(),
-            source: Address { ton: d.source_addr_ton.into(), npi: d.source_addr_npi.into(), addr: d.source_addr.to_string() },
+            source: Address {
+                ton: d.source_addr_ton.into(),
+                npi: d.source_addr_npi.into(),
+                addr: d.source_addr.to_string(),
+            },
             dest: Address {
                 ton: d.dest_addr_ton.into(),
                 npi: d.dest_addr_npi.into(),
@@ -442,7 +450,8 @@ fn tlvs_from<'a>(values: impl Iterator<Item = &'a TlvValue>) -> Tlvs {
 
 /// Reads a C-octet string of at most `max` octets (NUL included).
 fn c_string(body: &mut Bytes, max: usize, field: &str) -> Result<String, String> {
-    let end = body.iter().take(max).position(|&b| b == 0).ok_or_else(|| format!("{field}: no NUL within {max} octets"))?;
+    let end =
+        body.iter().take(max).position(|&b| b == 0).ok_or_else(|| format!("{field}: no NUL within {max} octets"))?;
     let s = String::from_utf8_lossy(&body[..end]).into_owned();
     body.advance(end + 1);
     Ok(s)
@@ -459,10 +468,7 @@ fn octet(body: &mut Bytes, field: &str) -> Result<u8, String> {
 /// (a string TLV may or may not end in NUL), unknown TLVs skipped, a truncated last TLV ignored.
 pub fn lenient_short_message(body: &Bytes) -> Result<ShortMessage, String> {
     let mut b = body.clone();
-    let mut sm = ShortMessage {
-        service_type: c_string(&mut b, 6, "service_type")?,
-        ..ShortMessage::default()
-    };
+    let mut sm = ShortMessage { service_type: c_string(&mut b, 6, "service_type")?, ..ShortMessage::default() };
     sm.source.ton = octet(&mut b, "source_addr_ton")?;
     sm.source.npi = octet(&mut b, "source_addr_npi")?;
     sm.source.addr = c_string(&mut b, 21, "source_addr")?;
@@ -521,7 +527,10 @@ pub struct EncodeFailure {
     pub reason: String,
 }
 
-fn cstr<const MIN: usize, const MAX: usize>(s: &str, field: &'static str) -> Result<COctetString<MIN, MAX>, EncodeFailure> {
+fn cstr<const MIN: usize, const MAX: usize>(
+    s: &str,
+    field: &'static str,
+) -> Result<COctetString<MIN, MAX>, EncodeFailure> {
     COctetString::from_str(s).map_err(|e| EncodeFailure { field, reason: e.to_string() })
 }
 
@@ -544,7 +553,13 @@ fn status_of(code: u32) -> CommandStatus {
 }
 
 /// A bind request.
-pub fn encode_bind(seq: u32, mode: BindMode, system_id: &str, password: &str, system_type: &str) -> Result<Bytes, EncodeFailure> {
+pub fn encode_bind(
+    seq: u32,
+    mode: BindMode,
+    system_id: &str,
+    password: &str,
+    system_type: &str,
+) -> Result<Bytes, EncodeFailure> {
     let sid = cstr::<1, 16>(system_id, "system_id")?;
     let pw = cstr::<1, 9>(password, "password")?;
     let st = cstr::<1, 13>(system_type, "system_type")?;
@@ -629,7 +644,9 @@ fn submission_tlvs(t: &Tlvs) -> Vec<MessageSubmissionRequestTlvValue> {
         v.push(MessageSubmissionRequestTlvValue::SarSegmentSeqnum(s));
     }
     if let Some(p) = &t.message_payload {
-        v.push(MessageSubmissionRequestTlvValue::MessagePayload(MessagePayload::new(AnyOctetString::from_bytes(p.clone()))));
+        v.push(MessageSubmissionRequestTlvValue::MessagePayload(MessagePayload::new(AnyOctetString::from_bytes(
+            p.clone(),
+        ))));
     }
     v
 }
@@ -673,7 +690,10 @@ pub fn encode_deliver_sm(seq: u32, sm: &ShortMessage) -> Result<Bytes, EncodeFai
         tlvs.push(MessageDeliveryRequestTlvValue::MessageState(MessageState::from(s)));
     }
     if let Some((t, c)) = sm.tlvs.network_error_code {
-        tlvs.push(MessageDeliveryRequestTlvValue::NetworkErrorCode(NetworkErrorCode::new(ErrorCodeNetworkType::from(t), c)));
+        tlvs.push(MessageDeliveryRequestTlvValue::NetworkErrorCode(NetworkErrorCode::new(
+            ErrorCodeNetworkType::from(t),
+            c,
+        )));
     }
     if let Some((r, n, s)) = sm.tlvs.sar {
         tlvs.push(MessageDeliveryRequestTlvValue::SarMsgRefNum(r));
@@ -742,7 +762,12 @@ mod tests {
         let b = encode_bind(7, BindMode::Transceiver, "gw", "secret", "").unwrap();
         assert_eq!(
             round_trip(&b),
-            Pdu::Bind { mode: BindMode::Transceiver, system_id: "gw".into(), password: "secret".into(), interface_version: 0x34 }
+            Pdu::Bind {
+                mode: BindMode::Transceiver,
+                system_id: "gw".into(),
+                password: "secret".into(),
+                interface_version: 0x34
+            }
         );
         assert!(encode_bind(1, BindMode::Transceiver, "gw", "far-too-long", "").is_err());
     }
@@ -785,7 +810,10 @@ mod tests {
 
     #[test]
     fn header_only_error_responses_decode() {
-        assert_eq!(round_trip(&header(0x8000_0004, status::THROTTLED, 9)), Pdu::SubmitSmResp { message_id: String::new() });
+        assert_eq!(
+            round_trip(&header(0x8000_0004, status::THROTTLED, 9)),
+            Pdu::SubmitSmResp { message_id: String::new() }
+        );
         assert_eq!(round_trip(&generic_nack(3, status::INVALID_CMD_ID)), Pdu::GenericNack);
     }
 

@@ -142,14 +142,20 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.id, "0123456789");
-        assert_eq!(r.outcome, ReceiptOutcome { status: Some(Status::Delivered), stat: "DELIVRD".into(), error_code: None });
+        assert_eq!(
+            r.outcome,
+            ReceiptOutcome { status: Some(Status::Delivered), stat: "DELIVRD".into(), error_code: None }
+        );
     }
 
     #[test]
     fn vendor_variants() {
         // Upper-case keys, extra spaces, failure with an error code.
         let r = parse(&receipt_sm("ID: 7f3A SUB:001 DLVRD:000 STAT:UNDELIV ERR:034 Text:x")).unwrap();
-        assert_eq!((r.id.as_str(), r.outcome.status, r.outcome.error_code), ("7f3A", Some(Status::Undeliverable), Some(34)));
+        assert_eq!(
+            (r.id.as_str(), r.outcome.status, r.outcome.error_code),
+            ("7f3A", Some(Status::Undeliverable), Some(34))
+        );
         // Intermediate states are not final.
         let r = parse(&receipt_sm("id:5 stat:ENROUTE")).unwrap();
         assert_eq!(r.outcome.status, None);
@@ -169,7 +175,10 @@ mod tests {
         sm.tlvs.message_state = Some(5);
         sm.tlvs.network_error_code = Some((3, 21));
         let r = parse(&sm).unwrap();
-        assert_eq!((r.id.as_str(), r.outcome.status, r.outcome.error_code), ("abc", Some(Status::Undeliverable), Some(21)));
+        assert_eq!(
+            (r.id.as_str(), r.outcome.status, r.outcome.error_code),
+            ("abc", Some(Status::Undeliverable), Some(21))
+        );
     }
 
     #[test]

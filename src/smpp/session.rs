@@ -20,12 +20,12 @@ use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{Instrument, debug, info, warn};
 
 use super::frame::{FrameError, FrameReader};
-use super::pdu::{self, id, status, BindMode, Frame, Pdu, ShortMessage};
+use super::pdu::{self, BindMode, Frame, Pdu, ShortMessage, id, status};
 use crate::config::Secret;
 use crate::metrics as m;
 
@@ -328,7 +328,14 @@ impl Bind {
         let seq = Arc::new(SeqGen::new());
         let window = Arc::new(Semaphore::new(s.window));
         let pump = self.can_transmit().then(|| {
-            tokio::spawn(pump(self.jobs.clone(), window.clone(), pending.clone(), out_tx.clone(), seq.clone(), s.name.clone()))
+            tokio::spawn(pump(
+                self.jobs.clone(),
+                window.clone(),
+                pending.clone(),
+                out_tx.clone(),
+                seq.clone(),
+                s.name.clone(),
+            ))
         });
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_rx = Instant::now();
@@ -405,7 +412,9 @@ impl Bind {
         if let Ok(mut p) = pending.lock() {
             for (_, entry) in p.drain() {
                 m::window(&s.name, -1.0);
-                let _ = entry.reply.send(SubmitResult { outcome: SubmitOutcome::Unknown(reason.clone()), permit: Some(entry.permit) });
+                let _ = entry
+                    .reply
+                    .send(SubmitResult { outcome: SubmitOutcome::Unknown(reason.clone()), permit: Some(entry.permit) });
             }
         }
         drop(out_tx);
@@ -524,7 +533,9 @@ async fn pump(
     carrier: Arc<str>,
 ) {
     loop {
-        let Ok(permit) = window.clone().acquire_owned().await else { return };
+        let Ok(permit) = window.clone().acquire_owned().await else {
+            return;
+        };
         let job = {
             let mut rx = jobs.lock().await;
             match rx.recv().await {
@@ -544,7 +555,9 @@ async fn pump(
                 }
             }
             Err(e) => {
-                let _ = job.reply.send(SubmitResult { outcome: SubmitOutcome::Invalid(e.to_string()), permit: Some(permit) });
+                let _ = job
+                    .reply
+                    .send(SubmitResult { outcome: SubmitOutcome::Invalid(e.to_string()), permit: Some(permit) });
             }
         }
     }
@@ -598,7 +611,10 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Connects, upgrades to TLS if configured, binds, and waits for the bind response.
-async fn connect(s: &LinkSettings, mode: BindMode) -> Result<(FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>), LinkError> {
+async fn connect(
+    s: &LinkSettings,
+    mode: BindMode,
+) -> Result<(FrameReader<ReadHalf<BoxStream>>, WriteHalf<BoxStream>), LinkError> {
     let addr = format!("{}:{}", s.host, s.port);
     let tcp = tokio::time::timeout(s.response_timeout, TcpStream::connect(&addr))
         .await

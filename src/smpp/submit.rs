@@ -113,7 +113,8 @@ mod tests {
 
     #[test]
     fn single_gsm_message() {
-        let parts = build_parts(&message("Hi [you]"), &SubmitOptions { registered_delivery: true, ..Default::default() });
+        let parts =
+            build_parts(&message("Hi [you]"), &SubmitOptions { registered_delivery: true, ..Default::default() });
         assert_eq!(parts.len(), 1);
         let p = &parts[0];
         assert_eq!((p.data_coding, p.esm_class, p.registered_delivery), (0, 0, 1));

@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn queue_keys_sort_by_due_then_seq() {
-        let mut keys = vec![queue(2, 1), queue(1, 9), queue(1, 2), queue(256, 0)];
+        let mut keys = [queue(2, 1), queue(1, 9), queue(1, 2), queue(256, 0)];
         keys.sort();
         let parsed: Vec<_> = keys.iter().map(|k| parse_queue(k).unwrap()).collect();
         assert_eq!(parsed, vec![(1, 2), (1, 9), (2, 1), (256, 0)]);

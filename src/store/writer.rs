@@ -6,14 +6,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{decode, encode, layout, Op, OpResult, ReceiptOutcome, Request, StoreError};
-use crate::message::{now_ms, ErrorInfo, Message, Status};
+use super::{Op, OpResult, ReceiptOutcome, Request, StoreError, decode, encode, layout};
+use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
 
 /// Counters of the writer, for tests and the operations page.
@@ -149,8 +149,12 @@ impl<'a> WriteSet<'a> {
                 Ok(OpResult::Done)
             }
             Op::PartSubmitted { id, part, carrier, carrier_message_id } => {
-                let Some(msg) = self.load(id)? else { return Ok(OpResult::NotFound) };
-                let Some(p) = msg.parts.get_mut(*part) else { return Ok(OpResult::NotFound) };
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                let Some(p) = msg.parts.get_mut(*part) else {
+                    return Ok(OpResult::NotFound);
+                };
                 p.carrier_message_id = Some(carrier_message_id.clone());
                 msg.carrier = Some(carrier.clone());
                 let all_submitted = msg.parts.iter().all(|p| p.carrier_message_id.is_some());
@@ -175,7 +179,9 @@ impl<'a> WriteSet<'a> {
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
             }
             Op::Reschedule { id, due_ms, count_attempt, error } => {
-                let Some(msg) = self.load(id)? else { return Ok(OpResult::NotFound) };
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
                 if msg.status.is_final() {
                     return Ok(OpResult::AlreadyFinal(msg.status));
                 }
@@ -195,7 +201,9 @@ impl<'a> WriteSet<'a> {
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
             }
             Op::Finish { id, status, error } => {
-                let Some(msg) = self.load(id)? else { return Ok(OpResult::NotFound) };
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
                 if msg.status.is_final() {
                     return Ok(OpResult::AlreadyFinal(msg.status));
                 }
@@ -229,8 +237,16 @@ impl<'a> WriteSet<'a> {
         }
     }
 
-    fn apply_receipt(&mut self, id: &str, part: usize, outcome: &ReceiptOutcome, now: u64) -> Result<OpResult, StoreError> {
-        let Some(msg) = self.load(id)? else { return Ok(OpResult::NotFound) };
+    fn apply_receipt(
+        &mut self,
+        id: &str,
+        part: usize,
+        outcome: &ReceiptOutcome,
+        now: u64,
+    ) -> Result<OpResult, StoreError> {
+        let Some(msg) = self.load(id)? else {
+            return Ok(OpResult::NotFound);
+        };
         let created_ms = msg.created_ms;
         if msg.status.is_final() {
             return Ok(OpResult::AlreadyFinal(msg.status));

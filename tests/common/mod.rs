@@ -237,7 +237,8 @@ impl Client {
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let stream = connector.connect(name, tcp).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
         tokio::spawn(conn);
         Ok(Conn { sender, token: self.token.clone() })
     }
@@ -247,7 +248,11 @@ impl Conn {
     /// POSTs JSON; `Err` if the connection broke.
     pub async fn post(&mut self, path: &str, body: &Value) -> Result<(StatusCode, Value), hyper::Error> {
         self.sender.ready().await?;
-        let mut req = Request::builder().method(Method::POST).uri(path).header("host", "localhost").header("content-type", "application/json");
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json");
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

@@ -1,0 +1,194 @@
+//! Protocol hygiene against a scripted SMSC on a real socket: every malformed or unexpected
+//! PDU is answered (generic_nack) without losing the bind, an unframeable stream ends only
+//! that bind, the SMSC's unbind is answered, silence is detected, throttling is retried.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use hyper::StatusCode;
+use serde_json::json;
+use smsgate::smpp::frame::FrameReader;
+use smsgate::smpp::pdu::{self, Frame, ShortMessage, id, status};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One accepted, bound connection of the scripted SMSC.
+struct Peer {
+    reader: FrameReader<ReadHalf<TcpStream>>,
+    writer: WriteHalf<TcpStream>,
+}
+
+impl Peer {
+    async fn accept(listener: &TcpListener) -> Peer {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("gateway reconnects")
+            .unwrap();
+        let (r, w) = tokio::io::split(tcp);
+        let mut peer = Peer { reader: FrameReader::new(r), writer: w };
+        let bind = peer.next().await;
+        assert_eq!(bind.command_id, id::BIND_TRANSCEIVER);
+        peer.send(&pdu::encode_bind_resp(bind.seq, pdu::BindMode::Transceiver, status::OK, "SCRIPT").unwrap()).await;
+        peer
+    }
+
+    async fn next(&mut self) -> Frame {
+        tokio::time::timeout(Duration::from_secs(10), self.reader.next())
+            .await
+            .expect("a PDU in time")
+            .unwrap()
+            .expect("open")
+    }
+
+    /// The next PDU that is not an enquire_link (answered on the way).
+    async fn next_non_keepalive(&mut self) -> Frame {
+        loop {
+            let f = self.next().await;
+            if f.command_id == id::ENQUIRE_LINK {
+                self.send(&pdu::enquire_link_resp(f.seq)).await;
+                continue;
+            }
+            return f;
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+}
+
+fn raw(command_id: u32, seq: u32, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u32(16 + body.len() as u32);
+    b.put_u32(command_id);
+    b.put_u32(0);
+    b.put_u32(seq);
+    b.put_slice(body);
+    b.freeze()
+}
+
+async fn gateway_for(listener: &TcpListener, extra: &str) -> (Certs, TestGateway, tempfile::TempDir) {
+    let certs = Certs::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = config_text(data.path(), &certs, port, extra)
+        .replace("tls = true", "tls = false")
+        .replace(&format!("ca_file = \"{}\"\n", certs.path("smsc.crt").display()), "");
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    (certs, gw, data)
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_pdus_get_generic_nack_and_the_bind_survives() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "").await;
+    let mut peer = Peer::accept(&listener).await;
+
+    // Unknown command id.
+    peer.send(&raw(0x0000_0999, 77, b"")).await;
+    let nack = peer.next_non_keepalive().await;
+    assert_eq!((nack.command_id, nack.seq, nack.status), (id::GENERIC_NACK, 77, status::INVALID_CMD_ID));
+    // deliver_sm whose body is garbage.
+    peer.send(&raw(id::DELIVER_SM, 78, &[0xFF; 5])).await;
+    let nack = peer.next_non_keepalive().await;
+    assert_eq!((nack.command_id, nack.seq, nack.status), (id::GENERIC_NACK, 78, status::INVALID_CMD_LENGTH));
+    // A submit_sm from the SMSC makes no sense for an ESME.
+    let sm = ShortMessage { short_message: Bytes::from_static(b"x"), ..Default::default() };
+    let mut bogus = BytesMut::from(&pdu::encode_submit_sm(79, &sm).unwrap()[..]);
+    bogus[4..8].copy_from_slice(&id::SUBMIT_SM.to_be_bytes());
+    peer.send(&bogus).await;
+    assert_eq!(peer.next_non_keepalive().await.command_id, id::GENERIC_NACK);
+    // A receipt with a receipted_message_id TLV missing its NUL, for an id we never sent:
+    // acknowledged, counted, kept; nothing crashes.
+    let receipt = ShortMessage {
+        esm_class: 0x04,
+        short_message: Bytes::from_static(b"id:zz stat:DELIVRD err:000"),
+        ..Default::default()
+    };
+    let mut dlr = BytesMut::from(&pdu::encode_deliver_sm(80, &receipt).unwrap()[..]);
+    dlr.put_u16(pdu::tag::RECEIPTED_MESSAGE_ID);
+    dlr.put_u16(2);
+    dlr.put_slice(b"zz");
+    let len = dlr.len() as u32;
+    dlr[..4].copy_from_slice(&len.to_be_bytes());
+    peer.send(&dlr).await;
+    let resp = peer.next_non_keepalive().await;
+    assert_eq!((resp.command_id, resp.seq, resp.status), (0x8000_0005, 80, status::OK));
+    // The SMSC's enquire_link is answered.
+    peer.send(&pdu::enquire_link(81)).await;
+    let r = peer.next_non_keepalive().await;
+    assert_eq!((r.command_id, r.seq), (0x8000_0015, 81));
+    // Still bound: a message goes out on this very connection.
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "still bound"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let submit = peer.next_non_keepalive().await;
+    assert_eq!(submit.command_id, id::SUBMIT_SM);
+    peer.send(&pdu::submit_sm_resp(submit.seq, status::OK, "A1").unwrap()).await;
+    let m = gw
+        .client
+        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "submitted")
+        .await;
+    assert_eq!(m["status"], "submitted");
+
+    // The SMSC unbinds: answered, and the gateway binds again.
+    peer.send(&pdu::unbind(82)).await;
+    let r = peer.next_non_keepalive().await;
+    assert_eq!((r.command_id, r.seq), (0x8000_0006, 82));
+    let mut peer = Peer::accept(&listener).await;
+    // An unframeable stream (command_length 3) ends that bind only; the gateway reconnects.
+    peer.send(&[0, 0, 0, 3, 1, 2, 3]).await;
+    let _peer = Peer::accept(&listener).await;
+    assert_eq!(gw.client.get("/healthz").await.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_silence_recycles_the_bind() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "").await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "retry me"})).await;
+    let id = a.json["id"].as_str().unwrap().to_string();
+    // Throttled: the message comes back, not failed.
+    let s1 = peer.next_non_keepalive().await;
+    peer.send(&pdu::header(0x8000_0004, status::THROTTLED, s1.seq)).await;
+    // Next attempt: no answer at all. The gateway must give up on this bind (response
+    // timeout, 3 s in the test config), reconnect, and submit again.
+    let s2 = peer.next_non_keepalive().await;
+    assert_eq!(s2.command_id, id::SUBMIT_SM);
+    let mut peer2 = Peer::accept(&listener).await;
+    let s3 = peer2.next_non_keepalive().await;
+    assert_eq!(s3.command_id, id::SUBMIT_SM);
+    assert_eq!(s3.body, s2.body, "the same PDU content is sent again");
+    peer2.send(&pdu::submit_sm_resp(s3.seq, status::OK, "B7").unwrap()).await;
+    let m = gw.client.wait_message(&id, Duration::from_secs(5), |m| m["status"] == "submitted").await;
+    assert_eq!(m["status"], "submitted", "{m}");
+    assert_eq!(m["carrier_message_ids"][0], "B7");
+    let details: Vec<String> =
+        m["history"].as_array().unwrap().iter().filter_map(|h| h["detail"].as_str().map(String::from)).collect();
+    assert!(details.contains(&"carrier_throttled".to_string()), "{details:?}");
+    assert!(details.contains(&"no_response".to_string()), "{details:?}");
+    drop(peer);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_the_message_with_the_carrier_status() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "").await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "bad destination"})).await;
+    let s = peer.next_non_keepalive().await;
+    peer.send(&pdu::header(0x8000_0004, status::INVALID_DEST, s.seq)).await;
+    let m = gw
+        .client
+        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "failed")
+        .await;
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_eq!(m["error"]["code"], "carrier_rejected");
+    assert_eq!(m["error"]["carrier_status"], status::INVALID_DEST);
+    gw.gateway.shutdown().await;
+}

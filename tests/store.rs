@@ -1,0 +1,134 @@
+//! Store semantics on a real sled directory: atomic insert + queue entry, receipts that
+//! overtake their submit_sm_resp, multi-part aggregation, final states, and reopening.
+
+use smsgate::message::{Content, Event, Message, Part, Status};
+use smsgate::store::{Op, OpResult, ReceiptOutcome, Store, StoreOptions};
+use smsgate::text::Encoding;
+
+fn message(id: &str, seq: u64, parts: usize) -> Message {
+    Message {
+        id: id.into(),
+        key_id: "k".into(),
+        seq,
+        content: Content { to: "+14155550123".into(), from: None, body: "hello".into() },
+        client_ref: None,
+        callback_url: None,
+        category: None,
+        encoding: Encoding::Gsm7,
+        segments: parts as u32,
+        created_ms: 1,
+        due_ms: 10,
+        expires_ms: u64::MAX,
+        status: Status::Queued,
+        route: vec!["c".into()],
+        carrier: None,
+        parts: vec![Part::default(); parts],
+        attempts: 0,
+        error: None,
+        history: vec![Event { status: Status::Queued, at_ms: 1, detail: None }],
+    }
+}
+
+fn delivered() -> ReceiptOutcome {
+    ReceiptOutcome { status: Some(Status::Delivered), stat: "DELIVRD".into(), error_code: None }
+}
+
+fn submitted(id: &str, part: usize, cid: &str) -> Op {
+    Op::PartSubmitted { id: id.into(), part, carrier: "c".into(), carrier_message_id: cid.into() }
+}
+
+fn receipt(cid: &str, outcome: ReceiptOutcome) -> Op {
+    Op::Receipt { carrier: "c".into(), carrier_message_id: cid.into(), outcome }
+}
+
+#[tokio::test]
+async fn insert_is_durable_with_its_queue_entry_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        store
+            .commit(vec![Op::Insert(Box::new(message("A", 1, 1))), Op::Insert(Box::new(message("B", 2, 1)))])
+            .await
+            .unwrap();
+        let q = store.queue_entries().unwrap();
+        assert_eq!(q.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(q[0].carrier, "c");
+        store.writer_stats()
+    };
+    // The writer thread releases the files once the last handle is gone.
+    while !writer.exited.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    assert_eq!(store.message("A").unwrap().unwrap().content.body, "hello");
+    assert_eq!(store.queue_entries().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_receipt_before_its_submit_resp_is_applied_when_the_resp_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.commit_one(Op::Insert(Box::new(message("A", 1, 1)))).await.unwrap();
+    assert_eq!(store.commit_one(receipt("77", delivered())).await.unwrap(), OpResult::Orphan);
+    let r = store.commit_one(submitted("A", 0, "77")).await.unwrap();
+    assert!(matches!(r, OpResult::Updated { status: Status::Delivered, became_final: true, .. }), "{r:?}");
+    let m = store.message("A").unwrap().unwrap();
+    assert_eq!(m.status, Status::Delivered);
+    assert!(store.queue_entries().unwrap().is_empty(), "submitted messages leave the queue");
+    // A duplicate receipt changes nothing.
+    assert_eq!(store.commit_one(receipt("77", delivered())).await.unwrap(), OpResult::AlreadyFinal(Status::Delivered));
+}
+
+#[tokio::test]
+async fn multipart_is_delivered_only_when_every_part_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.commit_one(Op::Insert(Box::new(message("M", 1, 3)))).await.unwrap();
+    store.commit(vec![submitted("M", 0, "p0"), submitted("M", 1, "p1")]).await.unwrap();
+    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Queued, "not all parts submitted yet");
+    assert_eq!(store.queue_entries().unwrap().len(), 1);
+    store.commit_one(submitted("M", 2, "p2")).await.unwrap();
+    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Submitted);
+    store.commit(vec![receipt("p0", delivered()), receipt("p2", delivered())]).await.unwrap();
+    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Submitted);
+    // Intermediate receipts only add history.
+    let enroute = ReceiptOutcome { status: None, stat: "ENROUTE".into(), error_code: None };
+    store.commit_one(receipt("p1", enroute)).await.unwrap();
+    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Submitted);
+    store.commit_one(receipt("p1", delivered())).await.unwrap();
+    let m = store.message("M").unwrap().unwrap();
+    assert_eq!(m.status, Status::Delivered);
+    assert!(m.history.iter().any(|e| e.detail.as_deref() == Some("ENROUTE")));
+}
+
+#[tokio::test]
+async fn one_failed_part_fails_the_message_and_final_is_final() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.commit_one(Op::Insert(Box::new(message("F", 1, 2)))).await.unwrap();
+    store.commit(vec![submitted("F", 0, "x0"), submitted("F", 1, "x1")]).await.unwrap();
+    let undeliv = ReceiptOutcome { status: Some(Status::Undeliverable), stat: "UNDELIV".into(), error_code: Some(34) };
+    store.commit_one(receipt("x1", undeliv)).await.unwrap();
+    let m = store.message("F").unwrap().unwrap();
+    assert_eq!(m.status, Status::Undeliverable);
+    assert_eq!(m.error.unwrap().carrier_status, Some(34));
+    let r =
+        store.commit_one(Op::Reschedule { id: "F".into(), due_ms: 5, count_attempt: true, error: None }).await.unwrap();
+    assert_eq!(r, OpResult::AlreadyFinal(Status::Undeliverable));
+    assert_eq!(store.commit_one(submitted("nope", 0, "y")).await.unwrap(), OpResult::NotFound);
+}
+
+#[tokio::test]
+async fn reschedule_moves_the_queue_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.commit_one(Op::Insert(Box::new(message("R", 1, 1)))).await.unwrap();
+    let far = smsgate::message::now_ms() + 60_000;
+    store.commit_one(Op::Reschedule { id: "R".into(), due_ms: far, count_attempt: true, error: None }).await.unwrap();
+    let q = store.queue_entries().unwrap();
+    assert_eq!((q.len(), q[0].due_ms), (1, far));
+    let m = store.message("R").unwrap().unwrap();
+    assert_eq!((m.status, m.attempts), (Status::Scheduled, 1));
+    store.commit_one(Op::Finish { id: "R".into(), status: Status::Expired, error: None }).await.unwrap();
+    assert!(store.queue_entries().unwrap().is_empty());
+}
