@@ -25,7 +25,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
             p.to_path_buf(),
-            p.parent().and_then(Path::parent).unwrap_or(Path::new(".")).to_path_buf(),
+            p.parent().unwrap_or(Path::new(".")).to_path_buf(),
         ),
         None => (DEMO_TOML.to_string(), "demo.toml (built in)".into(), std::env::current_dir()?),
     };
