@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use super::{PendingDlr, SessionEntry, Sim, inc};
-use crate::smpp::frame::FrameReader;
+use crate::smpp::frame::{FrameReader, write_frames};
 use crate::smpp::pdu::{self, Address, BindMode, Pdu, ShortMessage, status};
 
 /// Runs a connection until it closes, is unbound, or is dropped on request.
@@ -18,27 +18,11 @@ pub(crate) async fn run<S>(sim: Arc<Sim>, stream: S, remote: String, tls: bool, 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (r, mut w) = tokio::io::split(stream);
+    let (r, w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r);
-    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(8192);
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(8192);
     let (kill_tx, mut kill_rx) = watch::channel(false);
-    let writer = tokio::spawn(async move {
-        let mut buf = BytesMut::new();
-        while let Some(b) = out_rx.recv().await {
-            buf.extend_from_slice(&b);
-            while buf.len() < 64 * 1024 {
-                match out_rx.try_recv() {
-                    Ok(more) => buf.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
-                return;
-            }
-            buf.clear();
-        }
-        let _ = w.shutdown().await;
-    });
+    let writer = tokio::spawn(write_frames(w, out_rx));
     let session_id = sim.next_session.fetch_add(1, Ordering::Relaxed);
     let awaiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<u32>>>> = Arc::default();
     let next_seq = Arc::new(AtomicU64::new(1));

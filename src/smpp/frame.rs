@@ -4,8 +4,9 @@
 //! framed any more (we would not know where the next PDU starts): the caller ends that bind.
 //! Everything else about a PDU's content is the decoder's business, one PDU at a time.
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 use super::pdu::{Frame, HEADER_LEN};
 
@@ -73,6 +74,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let seq = pdu.get_u32();
         Ok(Some(Frame { command_id, status, seq, body: pdu }))
     }
+}
+
+/// Writes queued PDUs, coalescing whatever is waiting into one write (one TLS record, one
+/// syscall) of up to 64 KiB. Ends when the channel closes (then shuts the stream down) or on
+/// the first write error.
+pub async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first);
+        while buf.len() < 60 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        writer.write_all(&buf).await?;
+        writer.flush().await?;
+        buf.clear();
+    }
+    let _ = writer.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -24,7 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use super::frame::{FrameError, FrameReader};
+use super::frame::{FrameError, FrameReader, write_frames};
 use super::pdu::{self, BindMode, Frame, Pdu, ShortMessage, id, status};
 use crate::config::Secret;
 use crate::metrics as m;
@@ -323,7 +323,7 @@ impl Bind {
     ) -> LinkError {
         let s = &self.settings;
         let (out_tx, out_rx) = mpsc::channel::<Bytes>(4096);
-        let mut writer_task = tokio::spawn(write_loop(writer, out_rx));
+        let mut writer_task = tokio::spawn(write_frames(writer, out_rx));
         let pending: Arc<Mutex<HashMap<u32, Pending>>> = Arc::default();
         let seq = Arc::new(SeqGen::new());
         let window = Arc::new(Semaphore::new(s.window));
@@ -561,24 +561,6 @@ async fn pump(
             }
         }
     }
-}
-
-async fn write_loop(mut writer: WriteHalf<BoxStream>, mut rx: mpsc::Receiver<Bytes>) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        buf.extend_from_slice(&first);
-        while buf.len() < 60 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        writer.write_all(&buf).await?;
-        writer.flush().await?;
-        buf.clear();
-    }
-    let _ = writer.shutdown().await;
-    Ok(())
 }
 
 /// Sequence numbers 1..=0x7FFF_FFFF, wrapping back to 1 (SMPP 3.4 §5.1.4).
