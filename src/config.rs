@@ -284,6 +284,74 @@ pub struct CarrierConfig {
     pub response_timeout_secs: u64,
     /// Sender used when a message has no `from`.
     pub default_source: Option<String>,
+    /// Transceivers, or a transmitter + receiver pair per `binds`.
+    #[serde(default)]
+    pub bind_mode: BindModeConfig,
+    /// Pause after ESME_RTHROTTLED / ESME_RMSGQFUL before sending again, ms.
+    #[serde(default = "default_throttle_pause_ms")]
+    pub throttle_pause_ms: u64,
+    /// GSM 03.38 on the wire: one septet per octet (common) or packed.
+    #[serde(default)]
+    pub gsm7_packing: Gsm7Packing,
+    /// data_coding for GSM 03.38 text (0 = SMSC default alphabet, the usual; some want 1 or 0xF0).
+    #[serde(default)]
+    pub gsm7_data_coding: u8,
+    /// Send text outside GSM 03.38 that fits ISO-8859-1 as Latin-1 (data_coding 3) instead of UCS-2.
+    #[serde(default)]
+    pub latin1: bool,
+    /// How concatenated messages are carried.
+    #[serde(default)]
+    pub long_messages: LongMessages,
+    /// How this carrier writes message ids in submit_sm_resp.
+    #[serde(default)]
+    pub submit_id_format: crate::smpp::receipt::IdFormat,
+    /// How this carrier writes message ids in receipts.
+    #[serde(default)]
+    pub receipt_id_format: crate::smpp::receipt::IdFormat,
+    /// source_addr TON, instead of inferring it from the sender's form.
+    pub source_ton: Option<u8>,
+    /// source_addr NPI, instead of inferring it.
+    pub source_npi: Option<u8>,
+    /// Send validity_period (relative) from the message's validity.
+    #[serde(default = "default_true")]
+    pub send_validity: bool,
+}
+
+/// `bind_mode`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BindModeConfig {
+    /// bind_transceiver sessions.
+    #[default]
+    Transceiver,
+    /// A bind_transmitter and a bind_receiver per `binds`.
+    Split,
+}
+
+/// `gsm7_packing`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gsm7Packing {
+    /// One septet per octet.
+    #[default]
+    Unpacked,
+    /// Eight septets in seven octets (3GPP TS 23.038 §6.1.2.1.1).
+    Packed,
+}
+
+/// `long_messages`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongMessages {
+    /// UDH concatenation, 8-bit reference (IEI 0x00).
+    #[default]
+    Udh8,
+    /// UDH concatenation, 16-bit reference (IEI 0x08).
+    Udh16,
+    /// sar_msg_ref_num / sar_total_segments / sar_segment_seqnum TLVs.
+    Sar,
+    /// One submit_sm with the whole text in message_payload.
+    Payload,
 }
 
 fn default_true() -> bool {
@@ -300,6 +368,9 @@ fn default_enquire_link_secs() -> u64 {
 }
 fn default_response_timeout_secs() -> u64 {
     10
+}
+fn default_throttle_pause_ms() -> u64 {
+    1000
 }
 
 impl CarrierConfig {
@@ -450,6 +521,9 @@ impl Config {
             }
             if !c.tls && (c.ca_file.is_some() || c.client_cert.is_some()) {
                 p.push(format!("{at}: ca_file/client_cert need tls = true"));
+            }
+            if c.throttle_pause_ms > 600_000 {
+                p.push(format!("{at}.throttle_pause_ms: at most 600000"));
             }
             if c.client_cert.is_some() != c.client_key.is_some() {
                 p.push(format!("{at}: client_cert and client_key go together"));

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, warn};
 
 use crate::config::DispatchConfig;
+use crate::flow::FlowControl;
 use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
 use crate::queue::{CarrierQueue, Queues};
@@ -36,8 +37,12 @@ pub struct CarrierDispatch {
     pub link: CarrierLink,
     /// How to build its PDUs.
     pub options: SubmitOptions,
-    /// How it writes message ids (to match receipts).
+    /// How it writes message ids in submit_sm_resp (to match receipts).
     pub id_format: IdFormat,
+    /// Its rate limit and throttling state.
+    pub flow: Arc<FlowControl>,
+    /// How long to keep a throttled message back.
+    pub throttle_pause: Duration,
 }
 
 /// Shared by all carrier tasks.
@@ -84,9 +89,6 @@ pub fn backoff(policy: &DispatchConfig, attempt: u32) -> Duration {
     let jitter = if spread == 0 { 0 } else { crate::fsutil::random_u64() % (2 * spread) };
     Duration::from_millis(capped - spread + jitter)
 }
-
-/// How long a throttled message waits before it goes back to the carrier.
-const THROTTLE_PAUSE: Duration = Duration::from_millis(1000);
 
 impl Dispatcher {
     /// Builds the dispatcher.
@@ -182,12 +184,14 @@ impl Dispatcher {
             self.finish(&msg, Status::Expired, error).await?;
             return Ok(());
         }
-        let parts = build_parts(&msg, &carrier.options);
+        let parts = build_parts(&msg, &carrier.options, now);
+        let total = parts.len();
         let mut waiting = Vec::new();
         for (index, sm) in parts.into_iter().enumerate() {
             if msg.parts.get(index).is_some_and(|p| p.carrier_message_id.is_some()) {
                 continue;
             }
+            carrier.flow.acquire().await;
             let (tx, rx) = oneshot::channel();
             if carrier.link.submit(SubmitJob { sm, reply: tx }).await.is_err() {
                 break;
@@ -198,7 +202,7 @@ impl Dispatcher {
         let carrier = carrier.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.complete(msg, carrier, queue, waiting).await {
+            if let Err(e) = this.complete(msg, carrier, queue, waiting, total).await {
                 warn!(error = %e, "recording a submit result failed");
             }
         });
@@ -220,6 +224,7 @@ impl Dispatcher {
         carrier: CarrierDispatch,
         queue: Arc<CarrierQueue>,
         waiting: Vec<(usize, oneshot::Receiver<SubmitResult>)>,
+        total: usize,
     ) -> Result<(), crate::store::StoreError> {
         let name = carrier.link.name().to_string();
         let mut ops = Vec::new();
@@ -239,6 +244,7 @@ impl Dispatcher {
                 SubmitOutcome::Accepted(carrier_id) => ops.push(Op::PartSubmitted {
                     id: msg.id.clone(),
                     part: index,
+                    total,
                     carrier: name.clone(),
                     carrier_message_id: normalize_id(&carrier_id, carrier.id_format),
                 }),
@@ -270,7 +276,8 @@ impl Dispatcher {
                     (finish_op(&msg, "max_attempts", &format!("gave up after {attempts} attempts"), code_of(p)), None)
                 }
                 Problem::Rejected(code) if is_throttle(*code) => {
-                    let due = now_ms() + THROTTLE_PAUSE.as_millis() as u64;
+                    carrier.flow.on_throttle();
+                    let due = now_ms() + carrier.throttle_pause.as_millis() as u64;
                     (
                         reschedule_op(&msg, due, false, "carrier_throttled", "carrier asked to slow down", Some(*code)),
                         Some(due),

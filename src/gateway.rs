@@ -17,6 +17,7 @@ use crate::api::{self, AppState};
 use crate::auth::KeyRing;
 use crate::config::{CarrierConfig, Config};
 use crate::dispatch::{CarrierDispatch, Dispatcher};
+use crate::flow::FlowControl;
 use crate::inbound::Inbound;
 use crate::queue::Queues;
 use crate::smpp::receipt::IdFormat;
@@ -80,7 +81,7 @@ fn link_settings(c: &CarrierConfig) -> Result<LinkSettings, StartError> {
         password: c.password().map_err(err)?,
         system_type: c.system_type.clone(),
         binds: c.binds,
-        split_binds: false,
+        split_binds: c.bind_mode == crate::config::BindModeConfig::Split,
         window: c.window,
         enquire_link_interval: c.enquire_link_interval(),
         response_timeout: c.response_timeout(),
@@ -107,7 +108,7 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let id_formats: HashMap<String, IdFormat> =
-            config.carriers.iter().map(|c| (c.name.clone(), IdFormat::String)).collect();
+            config.carriers.iter().map(|c| (c.name.clone(), c.receipt_id_format)).collect();
         let inbound = Inbound::new(store.clone(), id_formats);
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
@@ -119,8 +120,10 @@ impl Gateway {
                 c.name.clone(),
                 CarrierDispatch {
                     link: link.clone(),
-                    options: SubmitOptions { default_source: c.default_source.clone(), registered_delivery: true },
-                    id_format: IdFormat::String,
+                    options: SubmitOptions::from_carrier(c),
+                    id_format: c.submit_id_format,
+                    flow: FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms)),
+                    throttle_pause: Duration::from_millis(c.throttle_pause_ms),
                 },
             );
             links.push(link);

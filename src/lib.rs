@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod flow;
 pub mod fsutil;
 pub mod gateway;
 pub mod httpd;

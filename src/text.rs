@@ -140,11 +140,16 @@ pub fn analyze(text: &str) -> Analysis {
 /// Splits `text` into parts of at most `capacity` units each, greedily, on character
 /// boundaries (so never inside an escape pair or a surrogate pair).
 pub fn split(text: &str, encoding: Encoding, capacity: usize) -> Vec<&str> {
+    split_by(text, capacity, |c| cost(c, encoding))
+}
+
+/// [`split`] with any per-character cost (Latin-1 is one octet per character).
+pub fn split_by(text: &str, capacity: usize, cost: impl Fn(char) -> usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut used = 0;
     for (i, c) in text.char_indices() {
-        let c_cost = cost(c, encoding);
+        let c_cost = cost(c);
         if used + c_cost > capacity && i > start {
             parts.push(&text[start..i]);
             start = i;
@@ -197,9 +202,15 @@ pub fn gsm_decode(septets: &[u8]) -> String {
 
 /// Packs septets 8-into-7 octets (TS 23.038 §6.1.2.1.1) for carriers that want packed GSM.
 pub fn gsm_pack(septets: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity((septets.len() * 7).div_ceil(8));
+    gsm_pack_after(septets, 0)
+}
+
+/// Packs septets after `fill_bits` zero bits: the padding that puts the first septet on a
+/// septet boundary after a user data header (TS 23.040 §9.2.3.24).
+pub fn gsm_pack_after(septets: &[u8], fill_bits: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity((septets.len() * 7 + fill_bits as usize).div_ceil(8));
     let mut acc: u32 = 0;
-    let mut bits = 0;
+    let mut bits = fill_bits;
     for &s in septets {
         acc |= u32::from(s & 0x7F) << bits;
         bits += 7;
@@ -332,6 +343,17 @@ mod tests {
         // The TS 23.038 example: "hellohello" packs to E8329BFD4697D9EC37.
         assert_eq!(packed, vec![0xE8, 0x32, 0x9B, 0xFD, 0x46, 0x97, 0xD9, 0xEC, 0x37]);
         assert_eq!(gsm_unpack(&packed, septets.len()), septets);
+    }
+
+    #[test]
+    fn packing_after_a_udh_starts_on_a_septet_boundary() {
+        // 6-octet UDH = 48 bits; 1 fill bit brings it to 49 = 7 septets.
+        let packed = gsm_pack_after(&[0x41], 1);
+        assert_eq!(packed, vec![0x82]);
+        let mut all = vec![0u8; 6];
+        all.extend(&packed);
+        // Unpacking the whole user data as septets: the 8th septet is the 'A'.
+        assert_eq!(gsm_unpack(&all, 8)[7], 0x41);
     }
 
     #[test]

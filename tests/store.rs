@@ -34,7 +34,14 @@ fn delivered() -> ReceiptOutcome {
 }
 
 fn submitted(id: &str, part: usize, cid: &str) -> Op {
-    Op::PartSubmitted { id: id.into(), part, carrier: "c".into(), carrier_message_id: cid.into() }
+    let total = if id == "M" {
+        3
+    } else if id == "F" {
+        2
+    } else {
+        1
+    };
+    Op::PartSubmitted { id: id.into(), part, total, carrier: "c".into(), carrier_message_id: cid.into() }
 }
 
 fn receipt(cid: &str, outcome: ReceiptOutcome) -> Op {

@@ -74,6 +74,9 @@ pub enum Op {
         id: String,
         /// Segment index.
         part: usize,
+        /// How many submit_sm this carrier needs for the message (its long-message mode may
+        /// differ from the count made at accept; fixed at the first recorded part).
+        total: usize,
         /// Carrier that answered.
         carrier: String,
         /// Its message id (normalised).

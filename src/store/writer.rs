@@ -148,10 +148,13 @@ impl<'a> WriteSet<'a> {
                 self.put(key.clone(), Some(value.clone()));
                 Ok(OpResult::Done)
             }
-            Op::PartSubmitted { id, part, carrier, carrier_message_id } => {
+            Op::PartSubmitted { id, part, total, carrier, carrier_message_id } => {
                 let Some(msg) = self.load(id)? else {
                     return Ok(OpResult::NotFound);
                 };
+                if msg.parts.len() != *total && msg.parts.iter().all(|p| p.carrier_message_id.is_none()) {
+                    msg.parts = vec![crate::message::Part::default(); *total];
+                }
                 let Some(p) = msg.parts.get_mut(*part) else {
                     return Ok(OpResult::NotFound);
                 };
