@@ -41,7 +41,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run the SMSC simulator alone.
-    SmscSim(SimArgs),
+    SmscSim(Box<SimArgs>),
     /// Validate a config file and explain every problem.
     CheckConfig(ConfigArg),
 }
@@ -125,6 +125,27 @@ pub struct SimArgs {
     /// Write one JSON line per submit_sm here.
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// PEM CA bundle: require and verify client certificates on the TLS port (mutual TLS).
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Message id format: hex or dec.
+    #[arg(long, default_value = "hex")]
+    pub msgid_format: String,
+    /// First message id.
+    #[arg(long, default_value_t = 1)]
+    pub msgid_start: u64,
+    /// Close a connection once N submit_sm were answered on it (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub drop_after: u64,
+    /// once (first connection only) or every.
+    #[arg(long, default_value = "once")]
+    pub drop_mode: String,
+    /// Fraction of submit_sm answered with --error-status.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_ratio: f64,
+    /// command_status for --error-ratio (decimal or 0x hex).
+    #[arg(long, default_value = "0x08")]
+    pub error_status: String,
 }
 
 /// Parses arguments and runs the verb.
@@ -151,7 +172,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo(args) => crate::demo::run(args.config.as_deref()).await,
         Command::Serve(args) => serve(&args.config).await,
         Command::Keys { action, config } => keys(action, &config).await,
-        Command::SmscSim(args) => smsc_sim(args).await,
+        Command::SmscSim(args) => smsc_sim(*args).await,
         Command::CheckConfig(args) => check_config(&args.config),
     }
 }
@@ -284,6 +305,14 @@ async fn smsc_sim(args: SimArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.dlr_fail_ratio) {
         bail!("--dlr-fail-ratio must be between 0 and 1");
     }
+    if !(0.0..=1.0).contains(&args.error_ratio) {
+        bail!("--error-ratio must be between 0 and 1");
+    }
+    let error_status = match args.error_status.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => args.error_status.parse(),
+    }
+    .with_context(|| format!("--error-status {}", args.error_status))?;
     let config = SimConfig {
         system_id: args.system_id,
         password: args.password,
@@ -291,6 +320,20 @@ async fn smsc_sim(args: SimArgs) -> Result<()> {
         dlr_fail_ratio: args.dlr_fail_ratio,
         throttle_per_sec: args.throttle,
         resp_delay_ms: args.resp_delay_ms,
+        msgid_start: args.msgid_start,
+        msgid_decimal: match args.msgid_format.as_str() {
+            "hex" => false,
+            "dec" => true,
+            other => bail!("--msgid-format {other}: use hex or dec"),
+        },
+        drop_after: args.drop_after,
+        drop_every: match args.drop_mode.as_str() {
+            "once" => false,
+            "every" => true,
+            other => bail!("--drop-mode {other}: use once or every"),
+        },
+        error_ratio: args.error_ratio,
+        error_status,
         ..SimConfig::default()
     };
     let bind = |port: u16| async move {
@@ -299,7 +342,10 @@ async fn smsc_sim(args: SimArgs) -> Result<()> {
     };
     let tls = match (args.tls_port, &args.cert, &args.key) {
         (Some(port), Some(cert), Some(key)) => {
-            let config = crate::tls::server_config(cert, key, &[])?;
+            let config = match &args.client_ca {
+                Some(ca) => crate::tls::server_config_mtls(cert, key, ca)?,
+                None => crate::tls::server_config(cert, key, &[])?,
+            };
             Some((bind(port).await?, tokio_rustls::TlsAcceptor::from(config)))
         }
         (None, None, None) => None,

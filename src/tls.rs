@@ -133,6 +133,31 @@ pub fn write_self_signed(names: &[&str], cert: &Path, key: &Path) -> Result<(), 
     Ok(())
 }
 
+/// Writes a private CA (`ca_cert`) and a client certificate it signed (`client_cert`,
+/// `client_key`): for carriers (and tests) that use mutual TLS.
+pub fn write_client_ca(ca_cert: &Path, client_cert: &Path, client_key: &Path) -> Result<(), TlsError> {
+    let fail = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let io = |p: &Path, e: std::io::Error| TlsError::Pem { path: p.display().to_string(), reason: e.to_string() };
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "smsgate test client CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().map_err(fail)?).map_err(fail)?;
+    let mut params = rcgen::CertificateParams::new(vec!["smsgate-client".to_string()]).map_err(fail)?;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.distinguished_name.push(rcgen::DnType::CommonName, "smsgate");
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.signed_by(&key, &ca).map_err(fail)?;
+    std::fs::write(ca_cert, ca.pem()).map_err(|e| io(ca_cert, e))?;
+    std::fs::write(client_cert, cert.pem()).map_err(|e| io(client_cert, e))?;
+    crate::fsutil::write_private(client_key, key.serialize_pem().as_bytes()).map_err(|e| io(client_key, e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

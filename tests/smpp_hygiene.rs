@@ -196,3 +196,17 @@ async fn permanent_errors_fail_the_message_with_the_carrier_status() {
     assert_eq!(m["error"]["carrier_status"], status::INVALID_DEST);
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unanswered_enquire_link_recycles_the_bind() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "enquire_link_secs = 1\nresponse_timeout_secs = 1").await;
+    let mut peer = Peer::accept(&listener).await;
+    // Idle bind: the gateway asks; we stay silent.
+    let e = peer.next().await;
+    assert_eq!(e.command_id, id::ENQUIRE_LINK);
+    let started = std::time::Instant::now();
+    let _again = Peer::accept(&listener).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "recycled after the response timeout");
+    gw.gateway.shutdown().await;
+}

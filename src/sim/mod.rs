@@ -40,8 +40,18 @@ pub struct SimConfig {
     pub throttle_per_sec: u32,
     /// Delay before each submit_sm_resp.
     pub resp_delay_ms: u64,
-    /// First message id (ids are a hex counter).
+    /// First message id (ids are a counter).
     pub msgid_start: u64,
+    /// Write message ids in decimal instead of hex.
+    pub msgid_decimal: bool,
+    /// Close a connection once this many submit_sm were answered on it (0 = never).
+    pub drop_after: u64,
+    /// Drop every connection that reaches `drop_after`, not only the first.
+    pub drop_every: bool,
+    /// Fraction of submit_sm answered with `error_status` (deterministic).
+    pub error_ratio: f64,
+    /// Status for `error_ratio`.
+    pub error_status: u32,
 }
 
 impl Default for SimConfig {
@@ -55,6 +65,11 @@ impl Default for SimConfig {
             throttle_per_sec: 0,
             resp_delay_ms: 0,
             msgid_start: 1,
+            msgid_decimal: false,
+            drop_after: 0,
+            drop_every: false,
+            error_ratio: 0.0,
+            error_status: crate::smpp::pdu::status::SYSTEM_ERROR,
         }
     }
 }
@@ -82,6 +97,7 @@ pub struct Stats {
     pub(crate) unbind: AtomicU64,
     pub(crate) drops: AtomicU64,
     pub(crate) generic_nack_sent: AtomicU64,
+    pub(crate) submit_sm_error_injected: AtomicU64,
     pub(crate) errors: AtomicU64,
 }
 
@@ -121,6 +137,8 @@ pub struct Sim {
     pub(crate) next_session: AtomicU64,
     pub(crate) next_msgid: AtomicU64,
     pub(crate) accepted: AtomicU64,
+    pub(crate) submits_seen: AtomicU64,
+    pub(crate) dropped_once: std::sync::atomic::AtomicBool,
     pub(crate) pending_dlrs: Mutex<Vec<PendingDlr>>,
     pub(crate) recorder: Option<Recorder>,
     started_ms: u64,
@@ -166,6 +184,8 @@ impl Sim {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             accepted: AtomicU64::new(0),
+            submits_seen: AtomicU64::new(0),
+            dropped_once: std::sync::atomic::AtomicBool::new(false),
             pending_dlrs: Mutex::new(Vec::new()),
             recorder,
             started_ms: crate::message::now_ms(),
@@ -203,6 +223,7 @@ impl Sim {
             "mo_sent": get(&s.mo_sent), "mo_resp_ok": get(&s.mo_resp_ok), "mo_resp_error": get(&s.mo_resp_error),
             "enquire_link": get(&s.enquire_link), "unbind": get(&s.unbind), "drops": get(&s.drops),
             "generic_nack_sent": get(&s.generic_nack_sent), "errors": get(&s.errors),
+            "submit_sm_error_injected": get(&s.submit_sm_error_injected),
             "uptime_s": (crate::message::now_ms() - self.started_ms) / 1000, "now": crate::message::now_ms(),
         })
     }

@@ -115,7 +115,18 @@ where
                     send(pdu::header(0x8000_0004, status::THROTTLED, frame.seq));
                     continue;
                 }
-                let id = format!("{:x}", sim.next_msgid.fetch_add(1, Ordering::Relaxed));
+                let n = sim.submits_seen.fetch_add(1, Ordering::Relaxed) + 1;
+                let ratio = sim.config.error_ratio;
+                if ratio > 0.0 && (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor() {
+                    inc(&sim.stats.submit_sm_error_injected);
+                    if let Some(r) = &sim.recorder {
+                        r.record(session_id, &system_id, frame.seq, sim.config.error_status, None, &sm);
+                    }
+                    send(pdu::header(0x8000_0004, sim.config.error_status, frame.seq));
+                    continue;
+                }
+                let counter = sim.next_msgid.fetch_add(1, Ordering::Relaxed);
+                let id = if sim.config.msgid_decimal { counter.to_string() } else { format!("{counter:x}") };
                 inc(&sim.stats.submit_sm_ok);
                 if let Some(r) = &sim.recorder {
                     r.record(session_id, &system_id, frame.seq, status::OK, Some(&id), &sm);
@@ -133,6 +144,16 @@ where
                 }
                 if sm.registered_delivery & 0x03 != 0 {
                     schedule_receipt(&sim, session_id, mode, system_id, id, *sm);
+                }
+                let answered = submits.load(Ordering::Relaxed);
+                if sim.config.drop_after > 0
+                    && answered == sim.config.drop_after
+                    && (sim.config.drop_every || !sim.dropped_once.swap(true, Ordering::AcqRel))
+                {
+                    // Fault injection: close right after this response; later submits on
+                    // this connection get no answer.
+                    inc(&sim.stats.drops);
+                    break;
                 }
             }
             Pdu::DeliverSmResp => {

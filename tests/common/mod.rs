@@ -83,9 +83,10 @@ impl TestSim {
     }
 }
 
-/// Gateway config text for one TLS carrier on `port`.
-pub fn config_text(data_dir: &Path, certs: &Certs, port: u16, extra_carrier: &str) -> String {
-    format!(
+/// Gateway config text for one TLS carrier on `port`. Each line of `extra` sets a carrier key,
+/// replacing the default line for that key if there is one.
+pub fn config_text(data_dir: &Path, certs: &Certs, port: u16, extra: &str) -> String {
+    let mut text = format!(
         r#"
 data_dir = "{data}"
 [api]
@@ -105,13 +106,23 @@ ca_file = "{smsc_crt}"
 system_id = "gw"
 enquire_link_secs = 5
 response_timeout_secs = 3
-{extra_carrier}
 "#,
         data = data_dir.display(),
         api_crt = certs.path("api.crt").display(),
         api_key = certs.path("api.key").display(),
         smsc_crt = certs.path("smsc.crt").display(),
-    )
+    );
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        let key = format!("{} =", line.split('=').next().unwrap_or_default().trim());
+        match text.lines().find(|l| l.starts_with(&key)).map(String::from) {
+            Some(old) => text = text.replace(&old, line),
+            None => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
 }
 
 pub fn parse_config(text: &str) -> Config {

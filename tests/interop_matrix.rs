@@ -1,0 +1,418 @@
+//! The carrier interop matrix, run against both simulators as separate processes with the
+//! same switches: the independent node one (`shared/tools/smsc-sim`, node-smpp) and the
+//! built-in `smsgate smsc-sim`. Every case checks what arrived at the simulator (its
+//! `--record` file and `/stats`), not only what smsgate reports.
+//!
+//! Node cases skip with a message when node or the simulator's `node_modules` is missing,
+//! unless `SMSGATE_REQUIRE_NODE=1` (as in CI).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Node,
+    Builtin,
+}
+
+struct SimProc {
+    child: Child,
+    info: Value,
+    record: PathBuf,
+}
+
+impl Drop for SimProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SimProc {
+    fn port(&self, tls: bool) -> u16 {
+        self.info[if tls { "tls_port" } else { "port" }].as_u64().unwrap() as u16
+    }
+
+    fn records(&self) -> Vec<Value> {
+        read_record(&self.record)
+    }
+
+    async fn stats(&self) -> Value {
+        let port = self.info["control_port"].as_u64().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/stats")]).output().unwrap()
+        })
+        .await
+        .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn node_dir() -> PathBuf {
+    std::env::var_os("SMSC_SIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/smsc-sim"))
+}
+
+/// Starts a simulator with `args`; `None` (and a SKIPPED line) if node is unavailable.
+fn spawn_sim(kind: Kind, certs: &Certs, args: &[&str]) -> Option<SimProc> {
+    let record = certs.path(&format!("{kind:?}-record.jsonl"));
+    let mut cmd = match kind {
+        Kind::Builtin => {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_smsgate"));
+            c.arg("smsc-sim");
+            c
+        }
+        Kind::Node => {
+            let dir = node_dir();
+            let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+            if !node_ok || !dir.join("node_modules").is_dir() {
+                let why = format!("node or {}/node_modules is missing (run `npm ci` there)", dir.display());
+                assert!(
+                    std::env::var("SMSGATE_REQUIRE_NODE").as_deref() != Ok("1"),
+                    "SMSGATE_REQUIRE_NODE=1 but {why}"
+                );
+                eprintln!("SKIPPED: node simulator case: {why}");
+                return None;
+            }
+            let mut c = Command::new("node");
+            c.arg(dir.join("sim.js"));
+            c
+        }
+    };
+    cmd.args(["--port", "0", "--control-port", "0", "--tls-port", "0", "--dlr-delay-ms", "10"])
+        .arg("--cert")
+        .arg(certs.path("smsc.crt"))
+        .arg("--key")
+        .arg(certs.path("smsc.key"))
+        .arg("--record")
+        .arg(&record)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn simulator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let info: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{kind:?} startup line: {line:?}"));
+    Some(SimProc { child, info, record })
+}
+
+/// A gateway whose one carrier is `sim`, over TLS or plain TCP, with extra carrier keys.
+async fn gateway(certs: &Certs, sim: &SimProc, tls: bool, extra: &str) -> (TestGateway, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut text = config_text(data.path(), certs, sim.port(tls), extra);
+    if !tls {
+        text = text
+            .replace("tls = true", "tls = false")
+            .replace(&format!("ca_file = \"{}\"\n", certs.path("smsc.crt").display()), "");
+    }
+    (TestGateway::start(parse_config(&text), certs).await, data)
+}
+
+async fn send_all(gw: &TestGateway, bodies: &[String]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for b in bodies {
+        let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": b, "from": "CLINIC"})).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+        ids.push(a.json["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn wait_final(gw: &TestGateway, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        let m = gw
+            .client
+            .wait_message(id, timeout, |m| {
+                matches!(m["status"].as_str(), Some("delivered" | "undeliverable" | "failed" | "expired" | "rejected"))
+            })
+            .await;
+        out.push(m);
+    }
+    out
+}
+
+/// Texts the simulator accepted (status 0), single parts as they are, concatenated parts
+/// reassembled by (reference, sequence).
+fn arrived_texts(records: &[Value]) -> Vec<String> {
+    let mut singles = Vec::new();
+    let mut groups: std::collections::BTreeMap<(u64, u64), Vec<(u64, String)>> = Default::default();
+    for r in records.iter().filter(|r| r["command_status"] == 0) {
+        let text = r["text"].as_str().unwrap_or_default().to_string();
+        match r["concat"].as_object() {
+            Some(c) => groups
+                .entry((c["ref"].as_u64().unwrap(), c["total"].as_u64().unwrap()))
+                .or_default()
+                .push((c["seq"].as_u64().unwrap(), text)),
+            None => singles.push(text),
+        }
+    }
+    for (_, mut parts) in groups {
+        parts.sort();
+        parts.dedup_by_key(|p| p.0);
+        singles.push(parts.into_iter().map(|p| p.1).collect());
+    }
+    singles
+}
+
+fn bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} message {i}")).collect()
+}
+
+async fn plain_tcp(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, false, "").await;
+    let b = bodies("tcp", 3);
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
+    let mut got = arrived_texts(&sim.records());
+    got.sort();
+    assert_eq!(got, b);
+    gw.gateway.shutdown().await;
+}
+
+async fn tls_with_encodings(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "").await;
+    let gsm500: String = "Appointment reminder: {clinic} [room 4] costs ~€0, reply STOP to opt out. "
+        .repeat(7)
+        .chars()
+        .take(500)
+        .collect();
+    let ucs300: String = "Напоминание о приёме 👩‍⚕️ завтра в 9:30. ".repeat(10).chars().take(300).collect();
+    let b = vec!["Emoji 🎉 and ümlauts".to_string(), gsm500.clone(), ucs300.clone()];
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
+    assert_eq!(done[1]["encoding"], "gsm7");
+    assert_eq!(done[2]["encoding"], "ucs2");
+    let records = sim.records();
+    let got = arrived_texts(&records);
+    for body in &b {
+        assert!(got.contains(body), "{body:?} not reassembled from {got:?}");
+    }
+    // The 500-character GSM text went as 8-bit-reference UDH parts of data_coding 0.
+    let gsm_parts = records.iter().filter(|r| r["data_coding"] == 0 && r["concat"].is_object()).count();
+    assert_eq!(gsm_parts as u64, done[1]["segments"].as_u64().unwrap());
+    gw.gateway.shutdown().await;
+}
+
+async fn three_binds(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &["--resp-delay-ms", "20"]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "binds = 3\nwindow = 4").await;
+    eventually(Duration::from_secs(10), "3 binds", || {
+        let r = futures_lite_block(gw.client.get("/readyz"));
+        r.json["carriers"]["sim"]["transmitting_binds"] == 3
+    })
+    .await;
+    let b = bodies("pool", 40);
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(20)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"));
+    let records = sim.records();
+    let sessions: std::collections::HashSet<u64> = records.iter().filter_map(|r| r["session"].as_u64()).collect();
+    assert_eq!(sessions.len(), 3, "traffic shared across the binds");
+    assert_eq!(sim.stats().await["binds"], 3);
+    gw.gateway.shutdown().await;
+}
+
+async fn throttling(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &["--throttle", "5"]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "throttle_pause_ms = 300").await;
+    let b = bodies("throttle", 15);
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(30)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "throttled messages are retried, not failed: {done:?}");
+    let stats = sim.stats().await;
+    assert!(stats["throttled"].as_u64().unwrap() > 0, "the simulator throttled: {stats}");
+    let mut got = arrived_texts(&sim.records());
+    got.sort();
+    got.dedup();
+    let mut want = b.clone();
+    want.sort();
+    assert_eq!(got, want);
+    gw.gateway.shutdown().await;
+}
+
+async fn dropped_mid_window(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &["--drop-after", "5", "--resp-delay-ms", "30"]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "window = 10").await;
+    let b = bodies("drop", 20);
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(30)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
+    let got: std::collections::HashSet<String> = arrived_texts(&sim.records()).into_iter().collect();
+    assert!(b.iter().all(|x| got.contains(x)), "every message arrived after the drop");
+    assert!(sim.stats().await["drops"].as_u64().unwrap() >= 1);
+    gw.gateway.shutdown().await;
+}
+
+async fn failed_receipts(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &["--dlr-fail-ratio", "0.5"]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "").await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("dlr", 10)).await, Duration::from_secs(10)).await;
+    let undeliv = done.iter().filter(|m| m["status"] == "undeliverable").count();
+    let delivered = done.iter().filter(|m| m["status"] == "delivered").count();
+    assert_eq!((delivered, undeliv), (5, 5), "{done:?}");
+    gw.gateway.shutdown().await;
+}
+
+async fn long_message_modes(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
+    let body: String = "Long text for concatenation checks. ".repeat(12);
+    for (mode, check) in [("udh16", "ref_bits16"), ("sar", "sar"), ("payload", "payload")] {
+        let extra = format!("long_messages = \"{mode}\"");
+        let (gw, _d) = gateway(&certs, &sim, true, &extra).await;
+        let before = sim.records().len();
+        let done = wait_final(&gw, &send_all(&gw, std::slice::from_ref(&body)).await, Duration::from_secs(10)).await;
+        assert_eq!(done[0]["status"], "delivered", "{mode}: {}", done[0]);
+        let records: Vec<Value> = sim.records().into_iter().skip(before).collect();
+        match check {
+            "ref_bits16" => {
+                assert!(records.iter().all(|r| r["concat"]["ref_bits"] == 16 && r["udh"] == true), "{records:?}")
+            }
+            "sar" => assert!(records.iter().all(|r| r["concat"]["sar"] == true && r["udh"] == false), "{records:?}"),
+            _ => assert!(records.len() == 1 && records[0]["message_payload"] == true, "{records:?}"),
+        }
+        assert_eq!(arrived_texts(&records), vec![body.clone()], "{mode}");
+        gw.gateway.shutdown().await;
+    }
+}
+
+async fn latin1_and_decimal_ids(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &["--msgid-format", "dec", "--msgid-start", "99"]) else { return };
+    let (gw, _d) =
+        gateway(&certs, &sim, true, "latin1 = true\nsubmit_id_format = \"dec\"\nreceipt_id_format = \"dec\"").await;
+    let b = vec!["Café à l'hôpital: ça va?".to_string()];
+    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    assert_eq!(done[0]["status"], "delivered", "{}", done[0]);
+    assert_eq!(done[0]["carrier_message_ids"][0], "99");
+    let r = &sim.records()[0];
+    assert_eq!((r["data_coding"].as_u64(), r["text"].as_str()), (Some(3), Some(b[0].as_str())));
+    gw.gateway.shutdown().await;
+}
+
+async fn split_binds(kind: Kind) {
+    let certs = Certs::new();
+    let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
+    let (gw, _d) = gateway(&certs, &sim, true, "bind_mode = \"split\"").await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("split", 4)).await, Duration::from_secs(10)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "receipts come back on the receiver: {done:?}");
+    let port = sim.info["control_port"].as_u64().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/sessions")]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let sessions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut modes: Vec<&str> = sessions.as_array().unwrap().iter().filter_map(|s| s["mode"].as_str()).collect();
+    modes.sort();
+    assert_eq!(modes, ["receiver", "transmitter"], "{sessions}");
+    gw.gateway.shutdown().await;
+}
+
+/// Runs a future to completion from a sync closure (for `eventually`).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+macro_rules! matrix {
+    ($($case:ident),* $(,)?) => {
+        mod node {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Node).await;
+                }
+            )*
+        }
+        mod builtin {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Kind::Builtin).await;
+                }
+            )*
+        }
+    };
+}
+
+matrix!(
+    plain_tcp,
+    tls_with_encodings,
+    three_binds,
+    split_binds,
+    throttling,
+    dropped_mid_window,
+    failed_receipts,
+    long_message_modes,
+    latin1_and_decimal_ids,
+);
+
+/// Mutual TLS: only the built-in simulator can ask for client certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_builtin_simulator() {
+    let certs = Certs::new();
+    let (ca, cert, key) = (certs.path("client-ca.crt"), certs.path("client.crt"), certs.path("client.key"));
+    smsgate::tls::write_client_ca(&ca, &cert, &key).unwrap();
+    let ca_arg = ca.display().to_string();
+    let sim = spawn_sim(Kind::Builtin, &certs, &["--client-ca", &ca_arg]).unwrap();
+    // Without a client certificate the handshake fails and readyz says why.
+    let (gw, _d) = gateway(&certs, &sim, true, "").await;
+    let started = Instant::now();
+    let ready = loop {
+        let r = gw.client.get("/readyz").await;
+        let err = r.json["carriers"]["sim"]["binds"][0]["last_error"].as_str().map(String::from);
+        if err.is_some() || started.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let err = ready.json["carriers"]["sim"]["binds"][0]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(!err.is_empty(), "{}", ready.json);
+    gw.gateway.shutdown().await;
+    // With it, messages flow.
+    let extra = format!("client_cert = \"{}\"\nclient_key = \"{}\"", cert.display(), key.display());
+    let (gw, _d) = gateway(&certs, &sim, true, &extra).await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("mtls", 2)).await, Duration::from_secs(10)).await;
+    assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
+    gw.gateway.shutdown().await;
+}
+
+/// A certificate that does not verify is an error naming the carrier's problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_smsc_certificate_is_refused_with_the_reason() {
+    let certs = Certs::new();
+    let sim = spawn_sim(Kind::Builtin, &certs, &[]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // Trust the API certificate instead of the SMSC's: verification must fail.
+    let text = config_text(data.path(), &certs, sim.port(true), "")
+        .replace(&certs.path("smsc.crt").display().to_string(), &certs.path("api.crt").display().to_string());
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    let started = Instant::now();
+    let err = loop {
+        let r = gw.client.get("/readyz").await;
+        if let Some(e) = r.json["carriers"]["sim"]["binds"][0]["last_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no error reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(err.contains("TLS handshake") && err.to_lowercase().contains("certificate"), "{err}");
+    assert_eq!(sim.stats().await["bind_ok"], 0);
+    gw.gateway.shutdown().await;
+}
