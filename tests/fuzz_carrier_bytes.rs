@@ -77,11 +77,11 @@ proptest! {
         bytes.truncate(cut.max(16).min(bytes.len()));
         let len = bytes.len() as u32;
         bytes[..4].copy_from_slice(&len.to_be_bytes());
-        if let Some(f) = pdu::frame_of(&bytes) {
-            if let Ok(pdu::Pdu::DeliverSm(sm)) = pdu::decode(&f) {
-                let _ = receipt::parse(&sm);
-                let _ = smsgate::inbound::decode_text(&sm);
-            }
+        if let Some(f) = pdu::frame_of(&bytes)
+            && let Ok(pdu::Pdu::DeliverSm(sm)) = pdu::decode(&f)
+        {
+            let _ = receipt::parse(&sm);
+            let _ = smsgate::inbound::decode_text(&sm);
         }
     }
 
