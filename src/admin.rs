@@ -27,6 +27,21 @@ pub enum AdminRequest {
         name: String,
         /// Scopes.
         scopes: Vec<Scope>,
+        /// Requests per second (0 or absent = unlimited).
+        #[serde(default)]
+        rate_per_sec: Option<u32>,
+        /// Segments per UTC day (0 or absent = unlimited).
+        #[serde(default)]
+        daily_segments: Option<u64>,
+    },
+    /// Change a key's limits.
+    KeysSetLimits {
+        /// Key id.
+        id: String,
+        /// Requests per second (0 = unlimited, absent = unchanged).
+        rate_per_sec: Option<u32>,
+        /// Segments per UTC day (0 = unlimited, absent = unchanged).
+        daily_segments: Option<u64>,
     },
     /// List keys.
     KeysList,
@@ -53,6 +68,11 @@ pub enum AdminResponse {
         /// Every key.
         keys: Vec<ApiKey>,
     },
+    /// A key's limits changed.
+    Updated {
+        /// The key record.
+        key: ApiKey,
+    },
     /// A key was revoked.
     Revoked {
         /// The key record.
@@ -74,8 +94,17 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub async fn execute(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
     let admin = KeyAdmin { store, ring };
     let result = match req {
-        AdminRequest::KeysCreate { name, scopes } => {
-            admin.create(&name, scopes).await.map(|(key, token)| AdminResponse::Created { key, token })
+        AdminRequest::KeysCreate { name, scopes, rate_per_sec, daily_segments } => {
+            match admin.create(&name, scopes).await {
+                Ok((key, token)) if rate_per_sec.is_some() || daily_segments.is_some() => admin
+                    .set_limits(&key.id, rate_per_sec, daily_segments)
+                    .await
+                    .map(|key| AdminResponse::Created { key, token }),
+                other => other.map(|(key, token)| AdminResponse::Created { key, token }),
+            }
+        }
+        AdminRequest::KeysSetLimits { id, rate_per_sec, daily_segments } => {
+            admin.set_limits(&id, rate_per_sec, daily_segments).await.map(|key| AdminResponse::Updated { key })
         }
         AdminRequest::KeysList => Ok(AdminResponse::Keys { keys: ring.list() }),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
@@ -132,6 +161,7 @@ pub fn serve(data_dir: &Path, store: Store, ring: Arc<KeyRing>, mut shutdown: wa
 fn op_name(req: &AdminRequest) -> &'static str {
     match req {
         AdminRequest::KeysCreate { .. } => "keys_create",
+        AdminRequest::KeysSetLimits { .. } => "keys_set_limits",
         AdminRequest::KeysList => "keys_list",
         AdminRequest::KeysRevoke { .. } => "keys_revoke",
     }

@@ -5,7 +5,11 @@
 //! token itself is shown once, at creation, and never stored.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -73,6 +77,12 @@ pub struct ApiKey {
     /// Revoked at (ms), if revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_ms: Option<u64>,
+    /// Requests per second this key may make (all endpoints); `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<u32>,
+    /// Segments this key may send per UTC day; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_segments: Option<u64>,
 }
 
 /// An authenticated caller.
@@ -82,6 +92,8 @@ pub struct Principal {
     pub key_id: String,
     /// Its scopes.
     pub scopes: Vec<Scope>,
+    /// Its daily segment quota.
+    pub daily_segments: Option<u64>,
 }
 
 impl Principal {
@@ -132,21 +144,29 @@ pub fn generate(name: &str, scopes: Vec<Scope>) -> (ApiKey, String) {
         hash: hex(&digest(&token)),
         created_ms: now_ms(),
         revoked_ms: None,
+        rate_per_sec: None,
+        daily_segments: None,
     };
     (key, token)
 }
+
+type Limiter = governor::DefaultDirectRateLimiter;
 
 /// The keys in memory, loaded from the store at start and updated on every change.
 #[derive(Default)]
 pub struct KeyRing {
     keys: RwLock<HashMap<String, ApiKey>>,
+    limiters: RwLock<HashMap<String, (u32, Arc<Limiter>)>>,
 }
 
 impl KeyRing {
     /// Loads every key from the store.
     pub fn load(store: &Store) -> Result<KeyRing, StoreError> {
         let keys: Vec<ApiKey> = store.scan(layout::API_KEY)?;
-        Ok(KeyRing { keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()) })
+        Ok(KeyRing {
+            keys: RwLock::new(keys.into_iter().map(|k| (k.id.clone(), k)).collect()),
+            limiters: RwLock::default(),
+        })
     }
 
     /// Replaces or adds a key (after it was stored).
@@ -170,7 +190,30 @@ impl KeyRing {
         if !matches || key.revoked_ms.is_some() {
             return Err(AuthError::Invalid);
         }
-        Ok(Principal { key_id: key.id.clone(), scopes: key.scopes.clone() })
+        Ok(Principal { key_id: key.id.clone(), scopes: key.scopes.clone(), daily_segments: key.daily_segments })
+    }
+
+    /// Counts one request against the key's rate; `Err(wait)` when over it.
+    pub fn check_rate(&self, key_id: &str) -> Result<(), Duration> {
+        let rate = self.keys.read().ok().and_then(|k| k.get(key_id).and_then(|k| k.rate_per_sec));
+        let Some(rate) = rate.and_then(NonZeroU32::new) else { return Ok(()) };
+        let cached = self
+            .limiters
+            .read()
+            .ok()
+            .and_then(|l| l.get(key_id).filter(|(r, _)| *r == rate.get()).map(|(_, l)| l.clone()));
+        let limiter = match cached {
+            Some(l) => l,
+            None => {
+                // A burst of one second's worth: clients that pace themselves never see a 429.
+                let l = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(rate)));
+                if let Ok(mut map) = self.limiters.write() {
+                    map.insert(key_id.to_string(), (rate.get(), l.clone()));
+                }
+                l
+            }
+        };
+        limiter.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Every key, newest first.
@@ -225,6 +268,24 @@ impl KeyAdmin<'_> {
         let (key, token) = generate(name.trim(), scopes);
         self.save(&key).await?;
         Ok((key, token))
+    }
+
+    /// Sets (or, with 0, clears) a key's request rate and daily segment quota.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        rate_per_sec: Option<u32>,
+        daily_segments: Option<u64>,
+    ) -> Result<ApiKey, KeyAdminError> {
+        let mut key = self.ring.get(id).ok_or_else(|| KeyAdminError::NotFound(id.to_string()))?;
+        if let Some(r) = rate_per_sec {
+            key.rate_per_sec = (r > 0).then_some(r);
+        }
+        if let Some(d) = daily_segments {
+            key.daily_segments = (d > 0).then_some(d);
+        }
+        self.save(&key).await?;
+        Ok(key)
     }
 
     /// Revokes a key; later requests with it get 401.

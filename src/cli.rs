@@ -65,6 +65,23 @@ pub enum KeysCommand {
         /// Comma-separated scopes: send, read, optouts, admin.
         #[arg(long, default_value = "send,read")]
         scopes: String,
+        /// Requests per second this key may make (default: unlimited).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Segments this key may send per UTC day (default: unlimited).
+        #[arg(long)]
+        daily_quota: Option<u64>,
+    },
+    /// Change a key's limits (0 removes a limit).
+    SetLimits {
+        /// Key id.
+        id: String,
+        /// Requests per second.
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Segments per UTC day.
+        #[arg(long)]
+        daily_quota: Option<u64>,
     },
     /// List keys (never their tokens).
     List,
@@ -233,9 +250,15 @@ fn check_config(path: &Path) -> Result<()> {
 async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let request = match action {
-        KeysCommand::Create { name, scopes } => {
+        KeysCommand::Create { name, scopes, rate, daily_quota } => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg).context("--scopes")?;
-            AdminRequest::KeysCreate { name, scopes }
+            AdminRequest::KeysCreate { name, scopes, rate_per_sec: rate, daily_segments: daily_quota }
+        }
+        KeysCommand::SetLimits { id, rate, daily_quota } => {
+            if rate.is_none() && daily_quota.is_none() {
+                bail!("give --rate and/or --daily-quota");
+            }
+            AdminRequest::KeysSetLimits { id, rate_per_sec: rate, daily_segments: daily_quota }
         }
         KeysCommand::List => AdminRequest::KeysList,
         KeysCommand::Revoke { id } => AdminRequest::KeysRevoke { id },
@@ -251,18 +274,26 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     };
     match answer {
         AdminResponse::Created { key, token } => {
-            println!("id:     {}\nname:   {}\nscopes: {}\ntoken:  {token}", key.id, key.name, scopes_text(&key.scopes));
+            println!(
+                "id:     {}\nname:   {}\nscopes: {}\nlimits: {}\ntoken:  {token}",
+                key.id,
+                key.name,
+                scopes_text(&key.scopes),
+                limits_text(&key)
+            );
             eprintln!("The token is shown only this once; store it in your secret manager.");
         }
+        AdminResponse::Updated { key } => println!("{}: {}", key.id, limits_text(&key)),
         AdminResponse::Keys { keys } => {
-            println!("{:<14} {:<12} {:<24} {:<24} name", "id", "state", "scopes", "created");
+            println!("{:<14} {:<8} {:<20} {:<34} {:<24} name", "id", "state", "scopes", "limits", "created");
             for k in keys {
                 let state = if k.revoked_ms.is_some() { "revoked" } else { "active" };
                 println!(
-                    "{:<14} {:<12} {:<24} {:<24} {}",
+                    "{:<14} {:<8} {:<20} {:<34} {:<24} {}",
                     k.id,
                     state,
                     scopes_text(&k.scopes),
+                    limits_text(&k),
                     crate::message::rfc3339(k.created_ms),
                     k.name
                 );
@@ -272,6 +303,12 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
         AdminResponse::Error { message } => bail!(message),
     }
     Ok(())
+}
+
+fn limits_text(k: &crate::auth::ApiKey) -> String {
+    let rate = k.rate_per_sec.map(|r| format!("{r} req/s")).unwrap_or_else(|| "no rate limit".into());
+    let quota = k.daily_segments.map(|d| format!("{d} seg/day")).unwrap_or_else(|| "no quota".into());
+    format!("{rate}, {quota}")
 }
 
 fn scopes_text(scopes: &[Scope]) -> String {

@@ -79,6 +79,9 @@ pub struct Config {
     /// Dispatch and retry policy.
     #[serde(default)]
     pub dispatch: DispatchConfig,
+    /// Backpressure limits.
+    #[serde(default)]
+    pub queue: QueueConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -201,6 +204,41 @@ impl Default for DispatchConfig {
     }
 }
 
+/// `[queue]`: what accept refuses rather than store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most messages waiting across all carriers (429 `queue_full` beyond).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Most messages waiting for one carrier.
+    #[serde(default = "default_max_depth_per_carrier")]
+    pub max_depth_per_carrier: usize,
+    /// Free space the data directory must keep (503 `store_unavailable` below it), MiB.
+    #[serde(default = "default_min_free_disk_mb")]
+    pub min_free_disk_mb: u64,
+}
+
+fn default_max_depth() -> usize {
+    2_000_000
+}
+fn default_max_depth_per_carrier() -> usize {
+    1_000_000
+}
+fn default_min_free_disk_mb() -> u64 {
+    512
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_depth: default_max_depth(),
+            max_depth_per_carrier: default_max_depth_per_carrier(),
+            min_free_disk_mb: default_min_free_disk_mb(),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +353,19 @@ pub struct CarrierConfig {
     /// Send validity_period (relative) from the message's validity.
     #[serde(default = "default_true")]
     pub send_validity: bool,
+    /// Consecutive failed or unanswered submissions that open the circuit breaker (0 = never).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps traffic away before trying the carrier again.
+    #[serde(default = "default_breaker_cooldown_secs")]
+    pub breaker_cooldown_secs: u64,
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown_secs() -> u64 {
+    30
 }
 
 /// `bind_mode`
@@ -405,6 +456,10 @@ pub struct RouteConfig {
     pub prefix: String,
     /// Carrier names in failover order.
     pub carriers: Vec<String>,
+    /// Only messages with this `from`.
+    pub sender: Option<String>,
+    /// Only messages with this `category`.
+    pub category: Option<String>,
 }
 
 impl Config {
@@ -553,16 +608,20 @@ impl Config {
         p
     }
 
-    /// Carrier names in failover order for a destination: the longest matching route prefix,
-    /// or every carrier in config order when no routes are configured.
-    pub fn route(&self, destination: &str) -> Option<Vec<String>> {
+    /// Carrier names in failover order for a message: among the routes whose prefix matches
+    /// the destination (and whose `sender`/`category`, when set, match the message), the
+    /// longest prefix wins, then the more specific route. With no routes configured, every
+    /// carrier in config order.
+    pub fn route(&self, destination: &str, sender: Option<&str>, category: Option<&str>) -> Option<Vec<String>> {
         if self.routes.is_empty() {
             return Some(self.carriers.iter().map(|c| c.name.clone()).collect());
         }
         self.routes
             .iter()
             .filter(|r| destination.starts_with(&r.prefix))
-            .max_by_key(|r| r.prefix.len())
+            .filter(|r| r.sender.as_deref().is_none_or(|s| Some(s) == sender))
+            .filter(|r| r.category.as_deref().is_none_or(|c| Some(c) == category))
+            .max_by_key(|r| (r.prefix.len(), usize::from(r.sender.is_some()) + usize::from(r.category.is_some())))
             .map(|r| r.carriers.clone())
     }
 }
@@ -593,7 +652,7 @@ system_id = "gw"
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/base/data"));
         assert_eq!(c.carriers[0].window, 10);
-        assert_eq!(c.route("+14155550123"), Some(vec!["acme".to_string()]));
+        assert_eq!(c.route("+14155550123", None, None), Some(vec!["acme".to_string()]));
     }
 
     #[test]
@@ -632,8 +691,14 @@ system_id = "gw"
             + "[[carriers]]\nname = \"uk\"\nhost = \"h\"\nport = 1\ntls = false\nsystem_id = \"x\"\n"
             + "[[routes]]\nprefix = \"+\"\ncarriers = [\"acme\"]\n[[routes]]\nprefix = \"+44\"\ncarriers = [\"uk\", \"acme\"]\n";
         let c = parse(&text).unwrap();
-        assert_eq!(c.route("+447911123456").unwrap(), vec!["uk", "acme"]);
-        assert_eq!(c.route("+14155550123").unwrap(), vec!["acme"]);
+        assert_eq!(c.route("+447911123456", None, None).unwrap(), vec!["uk", "acme"]);
+        assert_eq!(c.route("+14155550123", None, None).unwrap(), vec!["acme"]);
+        let text = text + "[[routes]]\nprefix = \"+44\"\ncategory = \"urgent\"\ncarriers = [\"acme\"]\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.route("+447911123456", None, Some("urgent")).unwrap(), vec!["acme"], "more specific wins");
+        assert_eq!(c.route("+447911123456", None, Some("other")).unwrap(), vec!["uk", "acme"]);
+        let only_uk = MINIMAL.to_string() + "[[routes]]\nprefix = \"+44\"\ncarriers = [\"acme\"]\n";
+        assert_eq!(parse(&only_uk).unwrap().route("+14155550123", None, None), None, "no route: refused at accept");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
@@ -16,10 +16,10 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::auth::KeyRing;
 use crate::config::{CarrierConfig, Config};
-use crate::dispatch::{CarrierDispatch, Dispatcher};
+use crate::dispatch::{Breaker, CarrierDispatch, Claims, Dispatcher};
 use crate::flow::FlowControl;
 use crate::inbound::Inbound;
-use crate::queue::Queues;
+use crate::queue::{Entry, Queues};
 use crate::smpp::receipt::IdFormat;
 use crate::smpp::session::{self, LinkSettings};
 use crate::smpp::submit::SubmitOptions;
@@ -124,11 +124,14 @@ impl Gateway {
                     id_format: c.submit_id_format,
                     flow: FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms)),
                     throttle_pause: Duration::from_millis(c.throttle_pause_ms),
+                    breaker: Breaker::new(c.breaker_failures, Duration::from_secs(c.breaker_cooldown_secs)),
                 },
             );
             links.push(link);
         }
-        let dispatcher = Dispatcher::new(store.clone(), queues.clone(), dispatch, config.dispatch.clone());
+        let claims = Arc::new(Claims::default());
+        let dispatcher =
+            Dispatcher::new(store.clone(), queues.clone(), dispatch, config.dispatch.clone(), claims.clone());
         let mut tasks = dispatcher.start(shutdown_rx.clone());
 
         let state = Arc::new(AppState {
@@ -138,7 +141,10 @@ impl Gateway {
             config: config.clone(),
             links,
             accepting: AtomicBool::new(true),
+            claims,
+            disk_free_bytes: AtomicU64::new(disk_free(&config.data_dir)),
         });
+        tasks.push(tokio::spawn(watch_disk(state.clone(), shutdown_rx.clone())));
         let api_listener =
             TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
@@ -228,23 +234,43 @@ impl Gateway {
     }
 }
 
+/// Free bytes on the file system holding `dir` (u64::MAX when it cannot be read, so a
+/// broken statvfs never stops traffic on its own).
+fn disk_free(dir: &std::path::Path) -> u64 {
+    fs2::available_space(dir).unwrap_or(u64::MAX)
+}
+
+/// Refreshes the free-space reading once a second for the accept path's disk floor.
+async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let dir = state.config.data_dir.clone();
+        if let Ok(free) = tokio::task::spawn_blocking(move || disk_free(&dir)).await {
+            state.disk_free_bytes.store(free, Ordering::Release);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Rebuilds the in-memory queues from the store's `q/` entries. Entries whose carrier no longer
 /// exists are routed again with the current routes, or failed with `no_route`.
 async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Result<(), crate::store::StoreError> {
     let entries = store.queue_entries()?;
     let mut unroutable = Vec::new();
     for e in entries {
+        let entry = Entry { due_ms: e.due_ms, seq: e.seq, id: e.id, expires_ms: e.expires_ms };
         if let Some(q) = queues.get(&e.carrier) {
-            q.push(e.due_ms, e.seq, e.id);
+            q.push(entry);
             continue;
         }
-        let Some(msg) = store.message(&e.id)? else {
-            continue;
-        };
-        match config.route(&msg.content.to).and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
-            Some(q) => q.push(e.due_ms, e.seq, e.id),
+        let Some(msg) = store.message(&entry.id)? else { continue };
+        let route = config.route(&msg.content.to, msg.content.from.as_deref(), msg.category.as_deref());
+        match route.and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
+            Some(q) => q.push(entry),
             None => unroutable.push(Op::Finish {
-                id: e.id,
+                id: entry.id,
                 status: crate::message::Status::Failed,
                 error: Some(crate::message::ErrorInfo {
                     code: "no_route".into(),

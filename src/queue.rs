@@ -12,10 +12,20 @@ use tokio::sync::Notify;
 
 use crate::message::now_ms;
 
-/// One entry: due time, accept order, message id.
-pub type Entry = (u64, u64, String);
+/// One waiting message, ordered by due time, then accept order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// Not before (ms).
+    pub due_ms: u64,
+    /// Accept order.
+    pub seq: u64,
+    /// Message id.
+    pub id: String,
+    /// Validity deadline (ms).
+    pub expires_ms: u64,
+}
 
-/// A carrier's queue, ordered by due time then accept order.
+/// A carrier's queue.
 #[derive(Default)]
 pub struct CarrierQueue {
     entries: Mutex<BTreeSet<Entry>>,
@@ -24,9 +34,9 @@ pub struct CarrierQueue {
 
 impl CarrierQueue {
     /// Adds an entry and wakes the dispatcher.
-    pub fn push(&self, due_ms: u64, seq: u64, id: String) {
+    pub fn push(&self, entry: Entry) {
         if let Ok(mut e) = self.entries.lock() {
-            e.insert((due_ms, seq, id));
+            e.insert(entry);
         }
         self.changed.notify_one();
     }
@@ -43,16 +53,14 @@ impl CarrierQueue {
 
     /// Due time of the first entry.
     pub fn next_due(&self) -> Option<u64> {
-        self.entries.lock().ok()?.first().map(|e| e.0)
+        self.entries.lock().ok()?.first().map(|e| e.due_ms)
     }
 
     fn pop_if_due(&self, now: u64) -> Result<Entry, Option<u64>> {
-        let Ok(mut e) = self.entries.lock() else {
-            return Err(None);
-        };
+        let Ok(mut e) = self.entries.lock() else { return Err(None) };
         match e.first() {
-            Some(first) if first.0 <= now => e.pop_first().ok_or(None),
-            Some(first) => Err(Some(first.0)),
+            Some(first) if first.due_ms <= now => e.pop_first().ok_or(None),
+            Some(first) => Err(Some(first.due_ms)),
             None => Err(None),
         }
     }
@@ -73,6 +81,17 @@ impl CarrierQueue {
                 Err(None) => notified.await,
             }
         }
+    }
+
+    /// Removes and returns every entry whose validity ended by `now` (so messages expire on
+    /// time even while their carrier is down and nothing is popped).
+    pub fn take_expired(&self, now: u64) -> Vec<Entry> {
+        let Ok(mut e) = self.entries.lock() else { return Vec::new() };
+        let expired: Vec<Entry> = e.iter().filter(|x| x.expires_ms <= now).cloned().collect();
+        for x in &expired {
+            e.remove(x);
+        }
+        expired
     }
 }
 
@@ -108,17 +127,21 @@ impl Queues {
 mod tests {
     use super::*;
 
+    fn entry(due_ms: u64, seq: u64, id: &str) -> Entry {
+        Entry { due_ms, seq, id: id.into(), expires_ms: u64::MAX }
+    }
+
     #[tokio::test]
     async fn pops_in_due_then_accept_order_and_waits_for_due_time() {
         let q = CarrierQueue::default();
         let now = now_ms();
-        q.push(now + 150, 1, "later".into());
-        q.push(now, 3, "b".into());
-        q.push(now, 2, "a".into());
-        assert_eq!(q.pop_due().await.2, "a");
-        assert_eq!(q.pop_due().await.2, "b");
+        q.push(entry(now + 150, 1, "later"));
+        q.push(entry(now, 3, "b"));
+        q.push(entry(now, 2, "a"));
+        assert_eq!(q.pop_due().await.id, "a");
+        assert_eq!(q.pop_due().await.id, "b");
         let started = std::time::Instant::now();
-        assert_eq!(q.pop_due().await.2, "later");
+        assert_eq!(q.pop_due().await.id, "later");
         assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
@@ -128,7 +151,17 @@ mod tests {
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.pop_due().await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        q.push(now_ms(), 1, "x".into());
-        assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().2, "x");
+        q.push(entry(now_ms(), 1, "x"));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().id, "x");
+    }
+
+    #[test]
+    fn expired_entries_are_taken_out() {
+        let q = CarrierQueue::default();
+        q.push(Entry { due_ms: 5, seq: 1, id: "old".into(), expires_ms: 10 });
+        q.push(Entry { due_ms: 5, seq: 2, id: "fresh".into(), expires_ms: 100 });
+        let gone = q.take_expired(50);
+        assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["old"]);
+        assert_eq!(q.len(), 1);
     }
 }

@@ -2,6 +2,7 @@
 //! authentication, and the JSON handlers.
 
 pub mod error;
+mod messages;
 pub mod send;
 
 use std::collections::BTreeMap;
@@ -30,11 +31,13 @@ use crate::metrics as m;
 use crate::phone::mask;
 use crate::queue::Queues;
 use crate::smpp::session::CarrierLink;
-use crate::store::{Op, Store};
+use crate::store::Store;
 use error::ApiError;
 
 /// Largest request body (DESIGN.md: 413 beyond it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest batch body: 1000 messages of up to 1600 characters.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -50,6 +53,10 @@ pub struct AppState {
     pub links: Vec<CarrierLink>,
     /// False once shutdown began: new sends get 503.
     pub accepting: AtomicBool,
+    /// Claims shared with the dispatcher, so cancel and dispatch never interleave.
+    pub claims: Arc<crate::dispatch::Claims>,
+    /// Free bytes on the data directory's file system, refreshed every second.
+    pub disk_free_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A JSON response with the given status.
@@ -144,18 +151,24 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Handl
     match (segments.as_slice(), &method) {
         (["healthz"], &Method::GET) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state))),
-        (["v1", "messages"], &Method::POST) => ("send", send(state, req).await),
+        (["v1", "messages"], &Method::POST) => ("send", messages::send(state, req).await),
+        (["v1", "messages", "batch"], &Method::POST) => ("send_batch", messages::send_batch(state, req).await),
         (["v1", "messages", id], &Method::GET) => {
             let id = id.to_string();
-            ("get_message", get_message(state, &req, &id))
+            ("get_message", messages::get(state, &req, &id))
+        }
+        (["v1", "messages", id], &Method::DELETE) => {
+            let id = id.to_string();
+            ("cancel_message", messages::cancel(state, &req, &id).await)
         }
         (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
-        (["v1", "messages"], _) => ("other", Err(ApiError::method_not_allowed("POST"))),
-        (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
+        (["v1", "messages"] | ["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed("POST"))),
+        (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed("GET or DELETE"))),
         _ => ("other", Err(ApiError::not_found("such endpoint"))),
     }
 }
 
+/// Authenticates, checks the scope, and counts the request against the key's rate.
 fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<Principal, ApiError> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = state.keys.authenticate(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
@@ -168,65 +181,39 @@ fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<
         };
         return Err(ApiError::forbidden(name));
     }
+    if let Err(wait) = state.keys.check_rate(&principal.key_id) {
+        return Err(ApiError::too_many(
+            "rate_limited",
+            "This API key is over its request rate; slow down.",
+            wait.as_secs_f64().ceil() as u64,
+        ));
+    }
     Ok(principal)
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+/// Reads the whole body (at most `limit` bytes) and parses it as JSON; returns both.
+async fn read_json(req: Request<Incoming>, limit: usize) -> Result<(Bytes, Value), ApiError> {
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY_BYTES
+        && len > limit
     {
-        return Err(ApiError::too_large(MAX_BODY_BYTES));
+        return Err(ApiError::too_large(limit));
     }
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
         && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
     {
         return Err(ApiError::unsupported_media_type());
     }
-    let collected = Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await;
+    let collected = Limited::new(req.into_body(), limit).collect().await;
     let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(ApiError::too_large(MAX_BODY_BYTES));
+            return Err(ApiError::too_large(limit));
         }
         Err(_) => return Err(ApiError::malformed_json("the body could not be read")),
     };
-    serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)
-}
-
-async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
-    let principal = authorize(state, &req, Scope::Send)?;
-    if !state.accepting.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "The gateway is shutting down; retry on another instance or shortly.",
-            5,
-        ));
-    }
-    let value = read_json(req).await?;
-    let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
-    let request = send::parse(&value, limits)?;
-    let route = state
-        .config
-        .route(request.to.as_str())
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
-    let seq = state.store.next_seq().map_err(store_error)?;
-    let msg = send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
-    let answer = json!({
-        "id": msg.id,
-        "status": msg.status.as_str(),
-        "segments": msg.segments,
-        "encoding": msg.encoding.as_str(),
-    });
-    let (due, id, carrier) = (msg.due_ms, msg.id.clone(), msg.queue_carrier().to_string());
-    state.store.commit_one(Op::Insert(Box::new(msg))).await.map_err(store_error)?;
-    if let Some(q) = state.queues.get(&carrier) {
-        q.push(due, seq, id);
-    }
-    m::accepted(1);
-    Ok(json_response(StatusCode::ACCEPTED, &answer))
+    let value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
+    Ok((bytes, value))
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
@@ -236,19 +223,6 @@ fn store_error(e: crate::store::StoreError) -> ApiError {
         "The message store is unavailable; nothing was accepted. Retry later.",
         5,
     )
-}
-
-fn get_message(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
-    let principal = authorize(state, req, Scope::Read)?;
-    if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::not_found("message with this id"));
-    }
-    let msg = state.store.message(id).map_err(store_error)?;
-    match msg {
-        Some(m) if m.key_id == principal.key_id => Ok(json_response(StatusCode::OK, &message_view(&m))),
-        // Another key's message is as absent as a message that does not exist.
-        _ => Err(ApiError::not_found("message with this id")),
-    }
 }
 
 /// The API's view of a message: status and history, number masked, never the body.

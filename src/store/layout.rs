@@ -5,11 +5,13 @@
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
 //! | `m/` | message id (ULID, 26 ASCII) | message record, JSON |
-//! | `q/` | due ms (u64 BE) ‖ seq (u64 BE) | message id ‖ `0x00` ‖ carrier queue it waits in |
+//! | `q/` | due ms (u64 BE) ‖ seq (u64 BE) | message id ‖ `0x00` ‖ carrier queue ‖ `0x00` ‖ expiry ms (decimal) |
 //! | `c/` | carrier ‖ `0x00` ‖ carrier message id | message id ‖ `0x00` ‖ part index (decimal) |
 //! | `o/` | carrier ‖ `0x00` ‖ carrier message id | receipt that came before its `submit_sm_resp`, JSON |
 //! | `k/` | API key id | API key record, JSON |
 //! | `i/` | seq (u64 BE) | inbound message, JSON |
+//! | `d/` | API key id ‖ `0x00` ‖ Idempotency-Key | the first answer, JSON (24 h) |
+//! | `u/` | API key id ‖ `0x00` ‖ UTC day `YYYYMMDD` | segments sent that day (u64 BE) |
 //!
 //! Big-endian integers make sled's byte order the due order, so a range scan over `q/` yields
 //! messages by due time, then by accept order.
@@ -35,6 +37,21 @@ fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(p);
     }
     key
+}
+
+/// Idempotency entries.
+pub const IDEMPOTENCY: &[u8] = b"d/";
+/// Daily usage counters.
+pub const USAGE: &[u8] = b"u/";
+
+/// `d/{key_id}\0{idempotency_key}`
+pub fn idempotency(key_id: &str, idempotency_key: &str) -> Vec<u8> {
+    join(IDEMPOTENCY, &[key_id.as_bytes(), b"\0", idempotency_key.as_bytes()])
+}
+
+/// `u/{key_id}\0{yyyymmdd}`
+pub fn usage(key_id: &str, day: &str) -> Vec<u8> {
+    join(USAGE, &[key_id.as_bytes(), b"\0", day.as_bytes()])
 }
 
 /// `m/{id}`
@@ -68,16 +85,17 @@ pub fn orphan(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
     join(ORPHAN, &[carrier.as_bytes(), b"\0", carrier_message_id.as_bytes()])
 }
 
-/// Value of a `q/` entry: the message and the carrier whose queue holds it.
-pub fn queue_value(message_id: &str, carrier: &str) -> Vec<u8> {
-    format!("{message_id}\0{carrier}").into_bytes()
+/// Value of a `q/` entry: the message, the carrier whose queue holds it, its expiry.
+pub fn queue_value(message_id: &str, carrier: &str, expires_ms: u64) -> Vec<u8> {
+    format!("{message_id}\0{carrier}\0{expires_ms}").into_bytes()
 }
 
-/// Reads a `q/` value back.
-pub fn parse_queue_value(value: &[u8]) -> Option<(String, String)> {
+/// Reads a `q/` value back: (id, carrier, expires_ms).
+pub fn parse_queue_value(value: &[u8]) -> Option<(String, String, u64)> {
     let s = std::str::from_utf8(value).ok()?;
-    let (id, carrier) = s.split_once('\0')?;
-    Some((id.to_string(), carrier.to_string()))
+    let mut it = s.split('\0');
+    let (id, carrier, expires) = (it.next()?, it.next()?, it.next()?);
+    Some((id.to_string(), carrier.to_string(), expires.parse().ok()?))
 }
 
 /// Value of a `c/` entry.

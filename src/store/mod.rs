@@ -111,6 +111,16 @@ pub enum Op {
         /// What it says.
         outcome: ReceiptOutcome,
     },
+    /// Cancel a message that no part of has been submitted yet.
+    Cancel {
+        /// Message id.
+        id: String,
+    },
+    /// Remove an auxiliary record (expired idempotency entries, old counters).
+    Delete {
+        /// Full key.
+        key: Vec<u8>,
+    },
     /// An auxiliary record (API key, inbound message) under a key from [`layout`].
     Put {
         /// Full key.
@@ -142,6 +152,61 @@ pub enum OpResult {
     Orphan,
     /// The message is final already; nothing changed.
     AlreadyFinal(Status),
+    /// A cancel came too late: some part is with the carrier already.
+    AlreadySubmitted(Status),
+}
+
+/// How long an idempotency entry answers replays (DESIGN.md: 24 h).
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// What a request with an `Idempotency-Key` answered, kept for replays.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 (hex) of the request body.
+    pub body_hash: String,
+    /// HTTP status of the first answer.
+    pub status: u16,
+    /// Its JSON body.
+    pub response: serde_json::Value,
+    /// When it was stored (ms).
+    pub created_ms: u64,
+}
+
+/// Preconditions the writer checks, race-free, before applying any op of a request; if one
+/// fails nothing of the request is applied.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// If an unexpired entry exists under `.0`, replay it; else store `.1` with the ops.
+    pub idempotency: Option<(Vec<u8>, IdempotencyRecord)>,
+    /// Add `amount` to the u64 counter under `key`, refusing to pass `limit`.
+    pub quota: Option<QuotaGuard>,
+}
+
+/// A counter with a ceiling (per-key daily segment quota).
+#[derive(Debug, Clone)]
+pub struct QuotaGuard {
+    /// Counter key.
+    pub key: Vec<u8>,
+    /// What this request adds.
+    pub amount: u64,
+    /// Ceiling.
+    pub limit: u64,
+}
+
+/// Outcome of a guarded commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Guarded {
+    /// Preconditions held; one result per op.
+    Applied(Vec<OpResult>),
+    /// The same idempotency key was seen: here is what was answered then.
+    Replay(IdempotencyRecord),
+    /// The quota would be exceeded; `used` so far.
+    QuotaExceeded {
+        /// Counter value now.
+        used: u64,
+        /// Ceiling.
+        limit: u64,
+    },
 }
 
 /// A queue entry as found at startup.
@@ -155,11 +220,14 @@ pub struct QueueEntry {
     pub id: String,
     /// Carrier queue it waits in (the first carrier of its route).
     pub carrier: String,
+    /// When it stops being worth sending (ms).
+    pub expires_ms: u64,
 }
 
 struct Request {
     ops: Vec<Op>,
-    reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+    guard: Option<Guard>,
+    reply: oneshot::Sender<Result<Guarded, StoreError>>,
 }
 
 /// Handle to the open store; clone it freely.
@@ -223,8 +291,17 @@ impl Store {
 
     /// Applies `ops` atomically and durably; returns one result per op.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        match self.commit_guarded(ops, None).await? {
+            Guarded::Applied(results) => Ok(results),
+            // Without a guard nothing else can come back.
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Applies `ops` only if `guard`'s preconditions hold, atomically and durably.
+    pub async fn commit_guarded(&self, ops: Vec<Op>, guard: Option<Guard>) -> Result<Guarded, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.inner.tx.send(Request { ops, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.inner.tx.send(Request { ops, guard, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -256,8 +333,9 @@ impl Store {
             let Some((due_ms, seq)) = layout::parse_queue(&k) else {
                 return Err(corrupt(&k, "bad queue key"));
             };
-            let (id, carrier) = layout::parse_queue_value(&v).ok_or_else(|| corrupt(&k, "bad queue value"))?;
-            out.push(QueueEntry { due_ms, seq, id, carrier });
+            let (id, carrier, expires_ms) =
+                layout::parse_queue_value(&v).ok_or_else(|| corrupt(&k, "bad queue value"))?;
+            out.push(QueueEntry { due_ms, seq, id, carrier, expires_ms });
         }
         Ok(out)
     }

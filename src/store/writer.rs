@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{Op, OpResult, ReceiptOutcome, Request, StoreError, decode, encode, layout};
+use super::{
+    Guard, Guarded, IDEMPOTENCY_TTL_MS, Op, OpResult, ReceiptOutcome, Request, StoreError, decode, encode, layout,
+};
 use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
 
@@ -67,9 +69,16 @@ fn commit_group(db: &sled::Db, log: &File, requests: Vec<Request>, stats: &Write
     let mut results = Vec::with_capacity(requests.len());
     let mut op_count = 0u64;
     for r in &requests {
-        let rs: Vec<Result<OpResult, StoreError>> = r.ops.iter().map(|op| set.apply(op)).collect();
-        op_count += rs.len() as u64;
-        results.push(rs);
+        let outcome = match r.guard.as_ref().map(|g| set.check(g)).transpose() {
+            Err(e) => Err(e),
+            Ok(Some(refused @ (Guarded::Replay(_) | Guarded::QuotaExceeded { .. }))) => Ok(refused),
+            Ok(_) => {
+                let rs: Result<Vec<OpResult>, StoreError> = r.ops.iter().map(|op| set.apply(op)).collect();
+                op_count += r.ops.len() as u64;
+                rs.map(Guarded::Applied)
+            }
+        };
+        results.push(outcome);
     }
     let outcome = set.finish().and_then(|batch| {
         db.apply_batch(batch)?;
@@ -82,10 +91,10 @@ fn commit_group(db: &sled::Db, log: &File, requests: Vec<Request>, stats: &Write
     if let Err(e) = &outcome {
         tracing::error!(error = %e, ops = op_count, "group commit failed");
     }
-    for (request, rs) in requests.into_iter().zip(results) {
+    for (request, result) in requests.into_iter().zip(results) {
         let reply = match &outcome {
             Err(e) => Err(e.clone()),
-            Ok(()) => rs.into_iter().collect(),
+            Ok(()) => result,
         };
         let _ = request.reply.send(reply);
     }
@@ -121,6 +130,31 @@ impl<'a> WriteSet<'a> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Checks a request's preconditions; when they hold, stages the idempotency entry and the
+    /// counter increment and answers `Applied` (with no results yet).
+    fn check(&mut self, guard: &Guard) -> Result<Guarded, StoreError> {
+        if let Some((key, _)) = &guard.idempotency
+            && let Some(raw) = self.get_raw(key)?
+        {
+            let existing: super::IdempotencyRecord = decode(key, &raw)?;
+            if now_ms() < existing.created_ms + IDEMPOTENCY_TTL_MS {
+                return Ok(Guarded::Replay(existing));
+            }
+        }
+        if let Some(q) = &guard.quota {
+            let used = self.get_raw(&q.key)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            if used + q.amount > q.limit {
+                return Ok(Guarded::QuotaExceeded { used, limit: q.limit });
+            }
+            self.put(q.key.clone(), Some((used + q.amount).to_be_bytes().to_vec()));
+        }
+        if let Some((key, record)) = &guard.idempotency {
+            let value = encode(key, record)?;
+            self.put(key.clone(), Some(value));
+        }
+        Ok(Guarded::Applied(Vec::new()))
+    }
+
     /// Loads a message into the write set (so later ops of the group see changes).
     fn load(&mut self, id: &str) -> Result<Option<&mut Message>, StoreError> {
         if !self.messages.contains_key(id) {
@@ -140,13 +174,35 @@ impl<'a> WriteSet<'a> {
         let now = now_ms();
         match op {
             Op::Insert(msg) => {
-                self.put(layout::queue(msg.due_ms, msg.seq), Some(layout::queue_value(&msg.id, msg.queue_carrier())));
+                self.put(
+                    layout::queue(msg.due_ms, msg.seq),
+                    Some(layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms)),
+                );
                 self.messages.insert(msg.id.clone(), (**msg).clone());
                 Ok(OpResult::Done)
             }
             Op::Put { key, value } => {
                 self.put(key.clone(), Some(value.clone()));
                 Ok(OpResult::Done)
+            }
+            Op::Delete { key } => {
+                self.put(key.clone(), None);
+                Ok(OpResult::Done)
+            }
+            Op::Cancel { id } => {
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                if msg.status.is_final() {
+                    return Ok(OpResult::AlreadyFinal(msg.status));
+                }
+                if msg.status == Status::Submitted || msg.parts.iter().any(|p| p.carrier_message_id.is_some()) {
+                    return Ok(OpResult::AlreadySubmitted(msg.status));
+                }
+                msg.set_status(Status::Cancelled, now, None);
+                let (q, created_ms) = (layout::queue(msg.due_ms, msg.seq), msg.created_ms);
+                self.put(q, None);
+                Ok(OpResult::Updated { id: id.clone(), status: Status::Cancelled, created_ms, became_final: true })
             }
             Op::PartSubmitted { id, part, total, carrier, carrier_message_id } => {
                 let Some(msg) = self.load(id)? else {
@@ -198,7 +254,8 @@ impl<'a> WriteSet<'a> {
                 msg.error = error.clone();
                 msg.set_status(status, now, detail);
                 let new = layout::queue(msg.due_ms, msg.seq);
-                let (created_ms, value) = (msg.created_ms, layout::queue_value(&msg.id, msg.queue_carrier()));
+                let (created_ms, value) =
+                    (msg.created_ms, layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms));
                 self.put(old, None);
                 self.put(new, Some(value));
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })

@@ -1,0 +1,293 @@
+//! `/v1/messages` handlers: send (single and batch), read, cancel; idempotency, per-key daily
+//! quota and backpressure.
+
+use std::sync::atomic::Ordering;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{
+    AppState, Handled, MAX_BATCH_BYTES, MAX_BODY_BYTES, authorize, json_response, message_view, read_json, send,
+    store_error,
+};
+use crate::auth::{Principal, Scope};
+use crate::message::{Message, Status, now_ms};
+use crate::metrics as m;
+use crate::store::{Guard, Guarded, IdempotencyRecord, Op, OpResult, QuotaGuard, layout};
+
+/// Most messages in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+fn refuse_when_stopping(state: &AppState) -> Result<(), ApiError> {
+    if state.accepting.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("shutting_down", "The gateway is shutting down; retry shortly.", 5))
+    }
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(|k| Some(k.to_string())).ok_or_else(|| {
+        ApiError::invalid("Idempotency-Key", "The Idempotency-Key header must be 1 to 255 visible ASCII characters.")
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    crate::fsutil::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// Answers a replayed request: the stored answer for the same body, 409 for another body.
+fn replay(record: &IdempotencyRecord, body_hash: &str) -> Handled {
+    if record.body_hash != body_hash {
+        return Err(ApiError::conflict(
+            "idempotency_conflict",
+            "This Idempotency-Key was used with a different request body in the last 24 hours.",
+        ));
+    }
+    let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut r = json_response(status, &record.response);
+    r.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+    Ok(r)
+}
+
+/// Validates one message and turns it into a record (not yet stored).
+fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<Message, ApiError> {
+    let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
+    let request = send::parse(value, limits)?;
+    let route = state
+        .config
+        .route(request.to.as_str(), request.from.as_deref(), request.category.as_deref())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
+    let seq = state.store.next_seq().map_err(store_error)?;
+    Ok(send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs))
+}
+
+/// Refuses what could not be stored or queued: full queues (429) or a disk below its floor (503).
+fn check_capacity(state: &AppState, messages: &[Message]) -> Result<(), ApiError> {
+    let floor = state.config.queue.min_free_disk_mb << 20;
+    if state.disk_free_bytes.load(Ordering::Acquire) < floor {
+        return Err(ApiError::unavailable(
+            "store_unavailable",
+            "The message store is low on disk space; nothing was accepted. Retry later.",
+            30,
+        ));
+    }
+    let limits = &state.config.queue;
+    if state.queues.total() + messages.len() > limits.max_depth {
+        return Err(ApiError::too_many("queue_full", "The gateway's queue is full; retry later.", 5));
+    }
+    let mut per_carrier = std::collections::HashMap::<&str, usize>::new();
+    for msg in messages {
+        *per_carrier.entry(msg.queue_carrier()).or_default() += 1;
+    }
+    for (carrier, n) in per_carrier {
+        let depth = state.queues.get(carrier).map(|q| q.len()).unwrap_or(0);
+        if depth + n > limits.max_depth_per_carrier {
+            return Err(ApiError::too_many(
+                "queue_full",
+                "The queue for this destination's carrier is full; retry later.",
+                5,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Seconds until the next UTC midnight (when daily quotas reset).
+fn secs_to_midnight() -> u64 {
+    86_400 - (now_ms() / 1000) % 86_400
+}
+
+fn quota_guard(principal: &Principal, messages: &[Message]) -> Option<QuotaGuard> {
+    let limit = principal.daily_segments?;
+    let day = jiff::Timestamp::now().strftime("%Y%m%d").to_string();
+    let amount = messages.iter().map(|m| u64::from(m.segments)).sum();
+    Some(QuotaGuard { key: layout::usage(&principal.key_id, &day), amount, limit })
+}
+
+fn accepted_view(msg: &Message) -> Value {
+    json!({ "id": msg.id, "status": msg.status.as_str(), "segments": msg.segments, "encoding": msg.encoding.as_str() })
+}
+
+/// Stores `messages` in one guarded commit, queues them, and answers `status` + `response`.
+async fn accept(
+    state: &AppState,
+    principal: &Principal,
+    messages: Vec<Message>,
+    idempotency: Option<(String, String)>,
+    status: StatusCode,
+    response: Value,
+) -> Handled {
+    let guard = Guard {
+        idempotency: idempotency.map(|(key, hash)| {
+            let record = IdempotencyRecord {
+                body_hash: hash,
+                status: status.as_u16(),
+                response: response.clone(),
+                created_ms: now_ms(),
+            };
+            (layout::idempotency(&principal.key_id, &key), record)
+        }),
+        quota: quota_guard(principal, &messages),
+    };
+    let queued: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.queue_carrier().to_string(),
+                crate::queue::Entry { due_ms: m.due_ms, seq: m.seq, id: m.id.clone(), expires_ms: m.expires_ms },
+            )
+        })
+        .collect();
+    let ops = messages.into_iter().map(|m| Op::Insert(Box::new(m))).collect();
+    let hash = guard.idempotency.as_ref().map(|(_, r)| r.body_hash.clone()).unwrap_or_default();
+    match state.store.commit_guarded(ops, Some(guard)).await.map_err(store_error)? {
+        Guarded::Applied(_) => {
+            m::accepted(queued.len() as u64);
+            for (carrier, entry) in queued {
+                if let Some(q) = state.queues.get(&carrier) {
+                    q.push(entry);
+                }
+            }
+            Ok(json_response(status, &response))
+        }
+        Guarded::Replay(record) => replay(&record, &hash),
+        Guarded::QuotaExceeded { used, limit } => Err(ApiError::too_many(
+            "quota_exceeded",
+            format!("This API key has used {used} of its {limit} segments for today (UTC)."),
+            secs_to_midnight(),
+        )),
+    }
+}
+
+/// Looks for an earlier answer to the same key before doing any work.
+fn early_replay(state: &AppState, principal: &Principal, key: &Option<String>, hash: &str) -> Option<Handled> {
+    let key = key.as_ref()?;
+    let record: IdempotencyRecord = state.store.get(&layout::idempotency(&principal.key_id, key)).ok()??;
+    (now_ms() < record.created_ms + crate::store::IDEMPOTENCY_TTL_MS).then(|| replay(&record, hash))
+}
+
+/// `POST /v1/messages`
+pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
+    let principal = authorize(state, &req, Scope::Send)?;
+    refuse_when_stopping(state)?;
+    let idem = idempotency_key(&req)?;
+    let (bytes, value) = read_json(req, MAX_BODY_BYTES).await?;
+    let hash = sha256_hex(&bytes);
+    if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
+        return answer;
+    }
+    let msg = prepare(state, &principal, &value)?;
+    check_capacity(state, std::slice::from_ref(&msg))?;
+    let response = accepted_view(&msg);
+    accept(state, &principal, vec![msg], idem.map(|k| (k, hash)), StatusCode::ACCEPTED, response).await
+}
+
+/// `POST /v1/messages/batch`: `{"messages": [...]}`, up to 1000; answers 200 with one result per
+/// item, in order; the accepted ones are stored in one commit.
+pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
+    let principal = authorize(state, &req, Scope::Send)?;
+    refuse_when_stopping(state)?;
+    let idem = idempotency_key(&req)?;
+    let (bytes, value) = read_json(req, MAX_BATCH_BYTES).await?;
+    let hash = sha256_hex(&bytes);
+    if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
+        return answer;
+    }
+    let Value::Object(envelope) = &value else {
+        return Err(ApiError::invalid("messages", "The body must be an object: {\"messages\": [...]}."));
+    };
+    if let Some(unknown) = envelope.keys().find(|k| k.as_str() != "messages") {
+        return Err(ApiError::unknown_field(unknown));
+    }
+    let items = match envelope.get("messages") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid("messages", "'messages' must be an array.")),
+        None => return Err(ApiError::missing("messages")),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("'messages' holds 1 to {MAX_BATCH} messages; this one has {}.", items.len()),
+        ));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut accepted = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match prepare(state, &principal, item) {
+            Ok(msg) => {
+                let mut r = accepted_view(&msg);
+                r["index"] = json!(index);
+                results.push(r);
+                accepted.push(msg);
+            }
+            Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
+            Err(e) => {
+                let mut err = json!({"code": e.code, "message": e.message});
+                if let Some(f) = &e.field {
+                    err["field"] = json!(f);
+                }
+                results.push(json!({"index": index, "error": err}));
+            }
+        }
+    }
+    check_capacity(state, &accepted)?;
+    let response = json!({ "accepted": accepted.len(), "rejected": items.len() - accepted.len(), "results": results });
+    if accepted.is_empty() {
+        return Ok(json_response(StatusCode::OK, &response));
+    }
+    accept(state, &principal, accepted, idem.map(|k| (k, hash)), StatusCode::OK, response).await
+}
+
+fn owned_message(state: &AppState, principal: &Principal, id: &str) -> Result<Message, ApiError> {
+    if id.len() != 26 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::not_found("message with this id"));
+    }
+    match state.store.message(id).map_err(store_error)? {
+        Some(m) if m.key_id == principal.key_id => Ok(m),
+        // Another key's message is as absent as a message that does not exist.
+        _ => Err(ApiError::not_found("message with this id")),
+    }
+}
+
+/// `GET /v1/messages/{id}`
+pub fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
+    let principal = authorize(state, req, Scope::Read)?;
+    let msg = owned_message(state, &principal, id)?;
+    Ok(json_response(StatusCode::OK, &message_view(&msg)))
+}
+
+/// `DELETE /v1/messages/{id}`: cancels a message no part of which has left for the carrier.
+pub async fn cancel(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
+    let principal = authorize(state, req, Scope::Send)?;
+    owned_message(state, &principal, id)?;
+    let submitted = || {
+        ApiError::conflict(
+            "already_submitted",
+            "The message is (being) submitted to the carrier; it can no longer be cancelled.",
+        )
+    };
+    if !state.claims.try_claim(id) {
+        return Err(submitted()); // the dispatcher is handing it to a carrier right now
+    }
+    let result = state.store.commit_one(Op::Cancel { id: id.to_string() }).await;
+    state.claims.release(id);
+    match result.map_err(store_error)? {
+        OpResult::Updated { .. } | OpResult::AlreadyFinal(Status::Cancelled) => {
+            let msg = owned_message(state, &principal, id)?;
+            Ok(json_response(StatusCode::OK, &message_view(&msg)))
+        }
+        OpResult::AlreadySubmitted(_) => Err(submitted()),
+        OpResult::AlreadyFinal(status) => Err(ApiError::conflict(
+            "already_final",
+            format!("The message is already {}; there is nothing to cancel.", status.as_str()),
+        )),
+        _ => Err(ApiError::not_found("message with this id")),
+    }
+}
