@@ -66,12 +66,22 @@ pub struct Breaker {
     cooldown: Duration,
     consecutive: AtomicU32,
     open_until_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
 }
+
+/// Failures closer together than this are one event (a window of parts timing out together).
+const FAILURE_DEBOUNCE_MS: u64 = 500;
 
 impl Breaker {
     /// `threshold` 0 disables the breaker.
     pub fn new(threshold: u32, cooldown: Duration) -> Arc<Breaker> {
-        Arc::new(Breaker { threshold, cooldown, consecutive: AtomicU32::new(0), open_until_ms: AtomicU64::new(0) })
+        Arc::new(Breaker {
+            threshold,
+            cooldown,
+            consecutive: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+        })
     }
 
     /// Traffic is being kept away.
@@ -83,7 +93,19 @@ impl Breaker {
         self.consecutive.store(0, Ordering::Release);
     }
 
+    /// The cooldown just ended: the first failure after it counts at once.
+    fn half_open_expired(&self, now: u64) -> bool {
+        let until = self.open_until_ms.load(Ordering::Acquire);
+        until != 0 && now >= until && self.last_failure_ms.load(Ordering::Acquire) < until
+    }
+
     fn failure(&self, carrier: &str) {
+        let now = now_ms();
+        let last = self.last_failure_ms.load(Ordering::Acquire);
+        if now < last + FAILURE_DEBOUNCE_MS && !self.half_open_expired(now) {
+            return;
+        }
+        self.last_failure_ms.store(now, Ordering::Release);
         let n = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
         if self.threshold > 0 && n >= self.threshold && !self.is_open() {
             self.open_until_ms.store(now_ms() + self.cooldown.as_millis() as u64, Ordering::Release);
@@ -168,7 +190,7 @@ pub fn backoff(policy: &DispatchConfig, attempt: u32) -> Duration {
 enum Problem {
     Invalid(String),
     Rejected(u32),
-    Unknown(String),
+    Unknown(String, bool),
 }
 
 impl Problem {
@@ -177,7 +199,7 @@ impl Problem {
         match self {
             Problem::Invalid(_) => 4,
             Problem::Rejected(c) if is_permanent(*c) => 3,
-            Problem::Unknown(_) => 2,
+            Problem::Unknown(..) => 2,
             Problem::Rejected(c) if is_throttle(*c) => 0,
             Problem::Rejected(_) => 1,
         }
@@ -407,7 +429,7 @@ impl Dispatcher {
                     outcome
                 }
                 // Dropped unanswered: the PDU was never written.
-                Err(_) => SubmitOutcome::Unknown("not sent".into()),
+                Err(_) => SubmitOutcome::Unknown { reason: "not sent".into(), timed_out: false },
             };
             match outcome {
                 SubmitOutcome::Accepted(carrier_id) => ops.push(Op::PartSubmitted {
@@ -419,17 +441,20 @@ impl Dispatcher {
                 }),
                 SubmitOutcome::Invalid(reason) => problem = worst(problem, Problem::Invalid(reason)),
                 SubmitOutcome::Rejected(code) => problem = worst(problem, Problem::Rejected(code)),
-                SubmitOutcome::Unknown(reason) => problem = worst(problem, Problem::Unknown(reason)),
+                SubmitOutcome::Unknown { reason, timed_out } => problem = worst(problem, Problem::Unknown(reason, timed_out)),
             }
         }
         if expected == 0 {
             // Nothing could be handed over (the link is gone): try again soon.
-            problem = Some(Problem::Unknown("carrier link closed".into()));
+            problem = Some(Problem::Unknown("carrier link closed".into(), false));
         }
         let all_sent = problem.is_none() && ops.len() == expected;
         match &problem {
             None => carrier.breaker.success(),
-            Some(Problem::Unknown(_)) => carrier.breaker.failure(&name),
+            // A lost bind is a bind problem (bind state covers it); silence past the timeout
+            // and temporary errors are the carrier's.
+            Some(Problem::Unknown(_, false)) => {}
+            Some(Problem::Unknown(_, true)) => carrier.breaker.failure(&name),
             Some(Problem::Rejected(c)) if !is_permanent(*c) && !is_throttle(*c) => carrier.breaker.failure(&name),
             Some(_) => carrier.breaker.success(), // the carrier answered; the message is the problem
         }
@@ -455,7 +480,7 @@ impl Dispatcher {
                         Some(due),
                     )
                 }
-                Problem::Unknown(reason) => (reschedule_op(&msg, now, true, "no_response", reason, None), Some(now)),
+                Problem::Unknown(reason, _) => (reschedule_op(&msg, now, true, "no_response", reason, None), Some(now)),
                 Problem::Rejected(code) => {
                     let due = now + backoff(&self.policy, attempts).as_millis() as u64;
                     let text = format!("carrier error 0x{code:08x}");
@@ -498,7 +523,7 @@ impl Dispatcher {
 
 fn p_text(p: &Problem) -> String {
     match p {
-        Problem::Invalid(r) | Problem::Unknown(r) => r.clone(),
+        Problem::Invalid(r) | Problem::Unknown(r, _) => r.clone(),
         Problem::Rejected(c) => format!("carrier status 0x{c:08x}"),
     }
 }
@@ -553,13 +578,19 @@ mod tests {
     #[test]
     fn breaker_opens_after_consecutive_failures_and_reopens_on_one_after_cooldown() {
         let b = Breaker::new(3, Duration::from_millis(50));
-        b.failure("c");
-        b.failure("c");
+        let fail = |b: &Breaker| {
+            b.last_failure_ms.store(0, Ordering::Release); // as if the debounce interval passed
+            b.failure("c");
+        };
+        fail(&b);
+        fail(&b);
         b.success();
-        b.failure("c");
-        b.failure("c");
+        fail(&b);
+        fail(&b);
         assert!(!b.is_open(), "a success resets the count");
         b.failure("c");
+        assert!(!b.is_open(), "failures within the debounce interval are one event");
+        fail(&b);
         assert!(b.is_open());
         std::thread::sleep(Duration::from_millis(60));
         assert!(!b.is_open(), "half-open after the cooldown");

@@ -87,8 +87,15 @@ pub enum SubmitOutcome {
     Accepted(String),
     /// `submit_sm_resp` or `generic_nack` with this error status.
     Rejected(u32),
-    /// Written, but no answer came (bind lost or timed out): the carrier may or may not have it.
-    Unknown(String),
+    /// Written, but no answer came: the carrier may or may not have it. `timed_out` says
+    /// whether the SMSC stayed silent past the response timeout (a carrier health signal)
+    /// rather than the connection ending (a bind problem, already visible as bind state).
+    Unknown {
+        /// What happened.
+        reason: String,
+        /// The response timeout passed.
+        timed_out: bool,
+    },
     /// Could not be encoded (a field SMPP cannot carry): retrying will not help.
     Invalid(String),
 }
@@ -409,12 +416,12 @@ impl Bind {
         }
         // Whatever is still pending was written but never answered.
         let reason = end.to_string();
+        let timed_out = matches!(end, LinkError::Timeout(..));
         if let Ok(mut p) = pending.lock() {
             for (_, entry) in p.drain() {
                 m::window(&s.name, -1.0);
-                let _ = entry
-                    .reply
-                    .send(SubmitResult { outcome: SubmitOutcome::Unknown(reason.clone()), permit: Some(entry.permit) });
+                let outcome = SubmitOutcome::Unknown { reason: reason.clone(), timed_out };
+                let _ = entry.reply.send(SubmitResult { outcome, permit: Some(entry.permit) });
             }
         }
         drop(out_tx);
@@ -441,7 +448,8 @@ impl Bind {
                 warn!(command_id = format_args!("0x{:08x}", fail.command_id), reason = %fail.reason, "malformed PDU from SMSC");
                 if frame.is_response() {
                     // A response we cannot read still answers its request; its outcome is unknown.
-                    resolve(pending, name, frame.seq, SubmitOutcome::Unknown("unreadable submit_sm_resp".into()));
+                    let outcome = SubmitOutcome::Unknown { reason: "unreadable submit_sm_resp".into(), timed_out: false };
+                    resolve(pending, name, frame.seq, outcome);
                 } else {
                     m::generic_nack(name, "sent");
                     send(pdu::generic_nack(frame.seq, fail.nack_status))?;
@@ -457,7 +465,7 @@ impl Bind {
                     }
                     SubmitOutcome::Rejected(frame.status)
                 } else if message_id.is_empty() {
-                    SubmitOutcome::Unknown("submit_sm_resp without a message id".into())
+                    SubmitOutcome::Unknown { reason: "submit_sm_resp without a message id".into(), timed_out: false }
                 } else {
                     SubmitOutcome::Accepted(message_id)
                 };
