@@ -441,7 +441,9 @@ impl Dispatcher {
                 }),
                 SubmitOutcome::Invalid(reason) => problem = worst(problem, Problem::Invalid(reason)),
                 SubmitOutcome::Rejected(code) => problem = worst(problem, Problem::Rejected(code)),
-                SubmitOutcome::Unknown { reason, timed_out } => problem = worst(problem, Problem::Unknown(reason, timed_out)),
+                SubmitOutcome::Unknown { reason, timed_out } => {
+                    problem = worst(problem, Problem::Unknown(reason, timed_out))
+                }
             }
         }
         if expected == 0 {

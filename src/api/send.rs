@@ -116,11 +116,11 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     let validity_seconds = match obj.get("validity_seconds") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_u64() {
-            Some(n) if (60..=30 * 24 * 3600).contains(&n) => Some(n),
+            Some(n) if (5..=30 * 24 * 3600).contains(&n) => Some(n),
             _ => {
                 return Err(ApiError::invalid(
                     "validity_seconds",
-                    "'validity_seconds' must be an integer from 60 to 2592000 (30 days).",
+                    "'validity_seconds' must be an integer from 5 to 2592000 (30 days).",
                 ));
             }
         },

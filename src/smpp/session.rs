@@ -448,7 +448,8 @@ impl Bind {
                 warn!(command_id = format_args!("0x{:08x}", fail.command_id), reason = %fail.reason, "malformed PDU from SMSC");
                 if frame.is_response() {
                     // A response we cannot read still answers its request; its outcome is unknown.
-                    let outcome = SubmitOutcome::Unknown { reason: "unreadable submit_sm_resp".into(), timed_out: false };
+                    let outcome =
+                        SubmitOutcome::Unknown { reason: "unreadable submit_sm_resp".into(), timed_out: false };
                     resolve(pending, name, frame.seq, outcome);
                 } else {
                     m::generic_nack(name, "sent");

@@ -193,11 +193,11 @@ impl<'a> WriteSet<'a> {
                 let Some(msg) = self.load(id)? else {
                     return Ok(OpResult::NotFound);
                 };
-                if msg.status.is_final() {
-                    return Ok(OpResult::AlreadyFinal(msg.status));
-                }
                 if msg.status == Status::Submitted || msg.parts.iter().any(|p| p.carrier_message_id.is_some()) {
                     return Ok(OpResult::AlreadySubmitted(msg.status));
+                }
+                if msg.status.is_final() {
+                    return Ok(OpResult::AlreadyFinal(msg.status));
                 }
                 msg.set_status(Status::Cancelled, now, None);
                 let (q, created_ms) = (layout::queue(msg.due_ms, msg.seq), msg.created_ms);
