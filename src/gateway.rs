@@ -145,6 +145,7 @@ impl Gateway {
             disk_free_bytes: AtomicU64::new(disk_free(&config.data_dir)),
         });
         tasks.push(tokio::spawn(watch_disk(state.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(sweep_hourly(store.clone(), shutdown_rx.clone())));
         let api_listener =
             TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
@@ -249,6 +250,25 @@ async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Orphan receipts (for ids never recorded) are kept this long, in case their
+/// `submit_sm_resp` is still to be recorded after an outage.
+const ORPHAN_TTL_MS: u64 = 7 * 86_400_000;
+
+/// Deletes stale idempotency entries, usage counters and orphan receipts once an hour.
+async fn sweep_hourly(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.sweep(crate::message::now_ms(), ORPHAN_TTL_MS).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "swept stale idempotency entries, counters and orphan receipts"),
+            Err(e) => warn!(error = %e, "sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -139,3 +139,31 @@ async fn reschedule_moves_the_queue_entry() {
     store.commit_one(Op::Finish { id: "R".into(), status: Status::Expired, error: None }).await.unwrap();
     assert!(store.queue_entries().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn sweep_removes_only_what_is_stale() {
+    use smsgate::store::{Guard, IdempotencyRecord, QuotaGuard, layout};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let now = smsgate::message::now_ms();
+    let record = |created_ms| IdempotencyRecord {
+        body_hash: "h".into(),
+        status: 202,
+        response: serde_json::json!({}),
+        created_ms,
+    };
+    for (key, created) in [("old", now - 25 * 3600 * 1000), ("new", now - 3600 * 1000)] {
+        let guard = Guard { idempotency: Some((layout::idempotency("k", key), record(created))), quota: None };
+        store.commit_guarded(vec![], Some(guard)).await.unwrap();
+    }
+    for day in ["20200101", &jiff::Timestamp::now().strftime("%Y%m%d").to_string()] {
+        let guard =
+            Guard { idempotency: None, quota: Some(QuotaGuard { key: layout::usage("k", day), amount: 1, limit: 10 }) };
+        store.commit_guarded(vec![], Some(guard)).await.unwrap();
+    }
+    store.commit_one(receipt("nobody", delivered())).await.unwrap();
+    assert_eq!(store.sweep(now, 7 * 86_400_000).await.unwrap(), 2);
+    assert!(store.get::<IdempotencyRecord>(&layout::idempotency("k", "old")).unwrap().is_none());
+    assert!(store.get::<IdempotencyRecord>(&layout::idempotency("k", "new")).unwrap().is_some());
+    assert_eq!(store.sweep(now + 8 * 86_400_000, 7 * 86_400_000).await.unwrap(), 3, "later: the rest, and the orphan");
+}

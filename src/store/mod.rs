@@ -364,6 +364,44 @@ impl Store {
         Ok(self.inner.db.generate_id()?)
     }
 
+    /// Deletes what has outlived its use: idempotency entries past 24 h, usage counters of
+    /// days before yesterday, orphan receipts older than `orphan_ttl_ms`. Returns how many.
+    pub async fn sweep(&self, now_ms: u64, orphan_ttl_ms: u64) -> Result<usize, StoreError> {
+        let mut ops = Vec::new();
+        for item in self.inner.db.scan_prefix(layout::IDEMPOTENCY) {
+            let (k, v) = item?;
+            let stale = decode::<IdempotencyRecord>(&k, &v)
+                .map(|r| now_ms >= r.created_ms + IDEMPOTENCY_TTL_MS)
+                .unwrap_or(true);
+            if stale {
+                ops.push(Op::Delete { key: k.to_vec() });
+            }
+        }
+        let yesterday = jiff::Timestamp::from_millisecond(now_ms as i64 - 86_400_000)
+            .map(|t| t.strftime("%Y%m%d").to_string())
+            .unwrap_or_default();
+        for item in self.inner.db.scan_prefix(layout::USAGE) {
+            let (k, _) = item?;
+            let day = k.rsplit(|&b| b == 0).next().map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default();
+            if day < yesterday {
+                ops.push(Op::Delete { key: k.to_vec() });
+            }
+        }
+        for item in self.inner.db.scan_prefix(layout::ORPHAN) {
+            let (k, v) = item?;
+            let at =
+                serde_json::from_slice::<serde_json::Value>(&v).ok().and_then(|v| v["at_ms"].as_u64()).unwrap_or(0);
+            if now_ms >= at + orphan_ttl_ms {
+                ops.push(Op::Delete { key: k.to_vec() });
+            }
+        }
+        let n = ops.len();
+        for chunk in ops.chunks(1000) {
+            self.commit(chunk.to_vec()).await?;
+        }
+        Ok(n)
+    }
+
     /// Bytes used on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.size_on_disk()?)
