@@ -266,7 +266,8 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     let answer = match admin::request(&config.data_dir, &request).await? {
         Some(a) => a,
         None => {
-            let store = Store::open(&config.data_dir, &StoreOptions::default())
+            let crypto = std::sync::Arc::new(config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?);
+            let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
             let ring = KeyRing::load(&store)?;
             admin::execute(&store, &ring, request).await

@@ -82,6 +82,8 @@ pub struct Config {
     /// Backpressure limits.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// Where the data keys come from (encryption at rest).
+    pub crypto: CryptoConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -200,6 +202,30 @@ impl Default for DispatchConfig {
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
             default_validity_secs: default_validity_secs(),
+        }
+    }
+}
+
+/// `[crypto]`: the data keys (never in the store). Exactly one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// Key file: `<id> <64 hex>` per line, plus `index <64 hex>`; mode 0600, outside `data_dir`.
+    pub key_file: Option<PathBuf>,
+    /// Environment variable with the same content (`;` separates entries).
+    pub key_env: Option<String>,
+}
+
+impl CryptoConfig {
+    /// Loads the keys.
+    pub fn load(&self) -> Result<crate::crypto::Crypto, String> {
+        match (&self.key_file, &self.key_env) {
+            (Some(path), None) => crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string()),
+            (None, Some(var)) => {
+                let text = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+                crate::crypto::Crypto::parse(&text).map_err(|e| e.to_string())
+            }
+            _ => Err("set exactly one of key_file and key_env".into()),
         }
     }
 }
@@ -489,6 +515,7 @@ impl Config {
             }
         };
         fix(&mut self.data_dir);
+        self.crypto.key_file.as_mut().map(fix);
         self.api.tls_cert.as_mut().map(fix);
         self.api.tls_key.as_mut().map(fix);
         for c in &mut self.carriers {
@@ -518,6 +545,14 @@ impl Config {
             _ => {
                 p.push("api.tls_cert and api.tls_key are both required (or plaintext = true behind a TLS proxy)".into())
             }
+        }
+        if let Err(e) = self.crypto.load() {
+            p.push(format!("crypto: {e}"));
+        }
+        if let Some(kf) = &self.crypto.key_file
+            && kf.starts_with(&self.data_dir)
+        {
+            p.push("crypto.key_file: keep the data keys outside data_dir (they must not travel with the data)".into());
         }
         if !(1..=10_000).contains(&api.max_body_chars) {
             p.push("api.max_body_chars: must be between 1 and 10000".into());
@@ -632,6 +667,8 @@ mod tests {
 
     const MINIMAL: &str = r#"
 data_dir = "data"
+[crypto]
+key_file = "KEYFILE"
 [api]
 listen = "127.0.0.1:8443"
 plaintext = true
@@ -643,8 +680,18 @@ tls = false
 system_id = "gw"
 "#;
 
+    /// A key file shared by the tests (keys are random; the tests only need them to load).
+    fn key_file() -> &'static str {
+        static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let path = std::env::temp_dir().join(format!("smsgate-config-test-{}.keys", std::process::id()));
+            std::fs::write(&path, crate::crypto::Crypto::generate_file_text()).expect("temp key file");
+            path.display().to_string()
+        })
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml(text, Path::new("test.toml"), Path::new("/base"))
+        Config::from_toml(&text.replace("KEYFILE", key_file()), Path::new("test.toml"), Path::new("/base"))
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
     let tls_dir = base.join("data/demo/tls");
     tls::write_self_signed(&["localhost", "127.0.0.1"], &tls_dir.join("api.crt"), &tls_dir.join("api.key"))?;
     tls::write_self_signed(&["localhost", "127.0.0.1"], &tls_dir.join("smsc.crt"), &tls_dir.join("smsc.key"))?;
+    let keys = base.join("data/demo.keys");
+    if !keys.exists() {
+        // Created once: the demo's data stays readable across runs.
+        fsutil::write_private(&keys, crate::crypto::Crypto::generate_file_text().as_bytes())?;
+    }
     let password = fsutil::hex(&fsutil::random_bytes(4));
     fsutil::write_private(&base.join("data/demo/smsc.password"), password.as_bytes())?;
     let config = Config::from_toml(&text, &path, &base)?;

@@ -38,6 +38,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    /// The data keys did not load.
+    #[error("data keys: {0}")]
+    Crypto(String),
     /// A carrier setting is unusable.
     #[error("carrier {0}: {1}")]
     Carrier(String, String),
@@ -98,9 +101,11 @@ impl Gateway {
         let metrics_handle = metrics::install();
         // libphonenumber's metadata loads lazily (hundreds of ms); pay it before the first request.
         let _ = tokio::task::spawn_blocking(|| crate::phone::E164::parse("+14155550123")).await;
+        let crypto = Arc::new(config.crypto.load().map_err(StartError::Crypto)?);
         let store = Store::open(
             &config.data_dir,
             &StoreOptions { cache_bytes: config.store.cache_mb << 20, group_commit_max: config.store.group_commit_max },
+            crypto,
         )?;
         let keys = Arc::new(KeyRing::load(&store)?);
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));

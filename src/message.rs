@@ -66,8 +66,9 @@ impl Status {
     }
 }
 
-/// Who the message goes to and what it says: the part that is PHI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Who the message goes to and what it says: the part that is PHI. Never stored in clear:
+/// the store keeps it sealed (`Message::sealed`) and opens it on read.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     /// Destination, E.164.
     pub to: String,
@@ -75,6 +76,12 @@ pub struct Content {
     pub from: Option<String>,
     /// The text.
     pub body: String,
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Content(to={}, body=<{} chars>)", crate::phone::mask(&self.to), self.body.chars().count())
+    }
 }
 
 /// One step in a message's life, shown in the API's `history`.
@@ -121,8 +128,15 @@ pub struct Message {
     pub key_id: String,
     /// Accept order, for FIFO within a due time.
     pub seq: u64,
-    /// Destination, sender and text.
+    /// Destination, sender and text (in memory only; see `sealed`).
+    #[serde(skip)]
     pub content: Content,
+    /// `content`, sealed with the data key and bound to this record (AES-256-GCM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::crypto::Sealed>,
+    /// When the body was purged by retention (the number stays, sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_ms: Option<u64>,
     /// The client's own reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ref: Option<String>,

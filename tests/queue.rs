@@ -19,6 +19,8 @@ fn multi_config(data: &std::path::Path, certs: &Certs, carriers: &[(&str, u16)],
     let mut text = format!(
         r#"
 data_dir = "{data}"
+[crypto]
+key_file = "{keys}"
 [api]
 listen = "127.0.0.1:0"
 tls_cert = "{crt}"
@@ -32,6 +34,7 @@ retry_base_ms = 200
         data = data.display(),
         crt = certs.path("api.crt").display(),
         key = certs.path("api.key").display(),
+        keys = certs.path("data.keys").display(),
     );
     for (name, port) in carriers {
         text.push_str(&format!(

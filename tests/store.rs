@@ -5,12 +5,18 @@ use smsgate::message::{Content, Event, Message, Part, Status};
 use smsgate::store::{Op, OpResult, ReceiptOutcome, Store, StoreOptions};
 use smsgate::text::Encoding;
 
+fn keys() -> std::sync::Arc<smsgate::crypto::Crypto> {
+    std::sync::Arc::new(smsgate::crypto::Crypto::parse(&smsgate::crypto::Crypto::generate_file_text()).unwrap())
+}
+
 fn message(id: &str, seq: u64, parts: usize) -> Message {
     Message {
         id: id.into(),
         key_id: "k".into(),
         seq,
         content: Content { to: "+14155550123".into(), from: None, body: "hello".into() },
+        sealed: None,
+        purged_ms: None,
         client_ref: None,
         callback_url: None,
         category: None,
@@ -51,8 +57,9 @@ fn receipt(cid: &str, outcome: ReceiptOutcome) -> Op {
 #[tokio::test]
 async fn insert_is_durable_with_its_queue_entry_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
     let writer = {
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
         store
             .commit(vec![Op::Insert(Box::new(message("A", 1, 1))), Op::Insert(Box::new(message("B", 2, 1)))])
             .await
@@ -66,7 +73,7 @@ async fn insert_is_durable_with_its_queue_entry_and_survives_reopen() {
     while !writer.exited.load(std::sync::atomic::Ordering::Acquire) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     assert_eq!(store.message("A").unwrap().unwrap().content.body, "hello");
     assert_eq!(store.queue_entries().unwrap().len(), 2);
 }
@@ -74,7 +81,8 @@ async fn insert_is_durable_with_its_queue_entry_and_survives_reopen() {
 #[tokio::test]
 async fn a_receipt_before_its_submit_resp_is_applied_when_the_resp_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let keys = keys();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     store.commit_one(Op::Insert(Box::new(message("A", 1, 1)))).await.unwrap();
     assert_eq!(store.commit_one(receipt("77", delivered())).await.unwrap(), OpResult::Orphan);
     let r = store.commit_one(submitted("A", 0, "77")).await.unwrap();
@@ -89,7 +97,8 @@ async fn a_receipt_before_its_submit_resp_is_applied_when_the_resp_is_recorded()
 #[tokio::test]
 async fn multipart_is_delivered_only_when_every_part_is() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let keys = keys();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     store.commit_one(Op::Insert(Box::new(message("M", 1, 3)))).await.unwrap();
     store.commit(vec![submitted("M", 0, "p0"), submitted("M", 1, "p1")]).await.unwrap();
     assert_eq!(store.message("M").unwrap().unwrap().status, Status::Queued, "not all parts submitted yet");
@@ -111,7 +120,8 @@ async fn multipart_is_delivered_only_when_every_part_is() {
 #[tokio::test]
 async fn one_failed_part_fails_the_message_and_final_is_final() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let keys = keys();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     store.commit_one(Op::Insert(Box::new(message("F", 1, 2)))).await.unwrap();
     store.commit(vec![submitted("F", 0, "x0"), submitted("F", 1, "x1")]).await.unwrap();
     let undeliv = ReceiptOutcome { status: Some(Status::Undeliverable), stat: "UNDELIV".into(), error_code: Some(34) };
@@ -128,7 +138,8 @@ async fn one_failed_part_fails_the_message_and_final_is_final() {
 #[tokio::test]
 async fn reschedule_moves_the_queue_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let keys = keys();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     store.commit_one(Op::Insert(Box::new(message("R", 1, 1)))).await.unwrap();
     let far = smsgate::message::now_ms() + 60_000;
     store.commit_one(Op::Reschedule { id: "R".into(), due_ms: far, count_attempt: true, error: None }).await.unwrap();
@@ -144,7 +155,7 @@ async fn reschedule_moves_the_queue_entry() {
 async fn sweep_removes_only_what_is_stale() {
     use smsgate::store::{Guard, IdempotencyRecord, QuotaGuard, layout};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys()).unwrap();
     let now = smsgate::message::now_ms();
     let record = |created_ms| IdempotencyRecord {
         body_hash: "h".into(),

@@ -65,7 +65,11 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<Mes
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
     let seq = state.store.next_seq().map_err(store_error)?;
-    Ok(send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs))
+    let mut msg =
+        send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
+    // Seal here, on the request's own task, rather than in the single writer thread.
+    msg.sealed = Some(crate::store::seal_content(state.store.crypto(), &msg));
+    Ok(msg)
 }
 
 /// Refuses what could not be stored or queued: full queues (429) or a disk below its floor (503).

@@ -217,6 +217,8 @@ pub fn build_message(
         key_id: key_id.to_string(),
         seq,
         content: Content { to: req.to.as_str().to_string(), from: req.from, body: req.body },
+        sealed: None,
+        purged_ms: None,
         client_ref: req.client_ref,
         callback_url: req.callback_url,
         category: req.category,

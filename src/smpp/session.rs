@@ -349,6 +349,7 @@ impl Bind {
         let mut enquire: Option<(u32, Instant)> = None;
         let mut draining: Option<Instant> = None;
         let mut unbind_sent: Option<Instant> = None;
+        let mut writer_finished = false;
         let end = loop {
             tokio::select! {
                 frame = reader.next() => match frame {
@@ -404,6 +405,7 @@ impl Bind {
                     draining = Some(Instant::now() + s.drain_timeout);
                 }
                 result = &mut writer_task => {
+                    writer_finished = true;
                     break LinkError::Write(match result {
                         Ok(Err(e)) => e.to_string(),
                         _ => "writer stopped".into(),
@@ -425,8 +427,9 @@ impl Bind {
             }
         }
         drop(out_tx);
-        // Give the writer a moment to flush the unbind / last responses, then close.
-        if tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await.is_err() {
+        // Give the writer a moment to flush the unbind / last responses, then close. (A
+        // finished JoinHandle must not be polled again.)
+        if !writer_finished && tokio::time::timeout(Duration::from_secs(1), &mut writer_task).await.is_err() {
             writer_task.abort();
         }
         end

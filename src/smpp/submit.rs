@@ -239,6 +239,8 @@ mod tests {
             key_id: "k".into(),
             seq: 0x1234,
             content: Content { to: "+14155550123".into(), from: Some("CLINIC".into()), body: body.into() },
+            sealed: None,
+            purged_ms: None,
             client_ref: None,
             callback_url: None,
             category: None,

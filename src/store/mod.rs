@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::message::{ErrorInfo, Message, Status};
+use crate::crypto::{Crypto, CryptoError};
+use crate::message::{Content, ErrorInfo, Message, Status};
 
 pub use writer::WriterStats;
 
@@ -241,6 +242,7 @@ struct Inner {
     path: PathBuf,
     tx: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
+    crypto: Arc<Crypto>,
 }
 
 /// Tuning for [`Store::open`].
@@ -259,8 +261,9 @@ impl Default for StoreOptions {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts the group-commit thread.
-    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store in `dir` and starts the group-commit thread. `crypto`
+    /// seals message content on write and opens it on read.
+    pub fn open(dir: &Path, options: &StoreOptions, crypto: Arc<Crypto>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("store");
         let db = sled::Config::new()
@@ -280,8 +283,8 @@ impl Store {
         let log = File::open(path.join("db")).map_err(|e| StoreError::Io(format!("open sled log: {e}")))?;
         let (tx, rx) = mpsc::channel(16_384);
         let stats = Arc::new(WriterStats::default());
-        writer::spawn(db.clone(), log, rx, options.group_commit_max.max(1), stats.clone())?;
-        Ok(Store { inner: Arc::new(Inner { db, path, tx, stats }) })
+        writer::spawn(db.clone(), log, rx, options.group_commit_max.max(1), stats.clone(), crypto.clone())?;
+        Ok(Store { inner: Arc::new(Inner { db, path, tx, stats, crypto }) })
     }
 
     /// Directory of the sled files.
@@ -316,13 +319,22 @@ impl Store {
         self.inner.stats.clone()
     }
 
-    /// Reads one message.
+    /// Reads one message, its content opened.
     pub fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let key = layout::message(id);
         match self.inner.db.get(&key)? {
             None => Ok(None),
-            Some(v) => decode(&key, &v).map(Some),
+            Some(v) => {
+                let mut msg: Message = decode(&key, &v)?;
+                msg.content = open_content(&self.inner.crypto, &key, msg.sealed.as_ref())?;
+                Ok(Some(msg))
+            }
         }
+    }
+
+    /// The data keys (for sealing before commit and for blind indexes).
+    pub fn crypto(&self) -> &Arc<Crypto> {
+        &self.inner.crypto
     }
 
     /// Every queue entry in due order (for rebuilding the scheduler at startup).
@@ -412,6 +424,19 @@ impl Store {
         self.inner.db.flush()?;
         Ok(())
     }
+}
+
+/// Opens a message's sealed content (empty when there is none).
+fn open_content(crypto: &Crypto, key: &[u8], sealed: Option<&crate::crypto::Sealed>) -> Result<Content, StoreError> {
+    match sealed {
+        None => Ok(Content::default()),
+        Some(s) => crypto.open_json(s, key).map_err(|e: CryptoError| corrupt(key, &e.to_string())),
+    }
+}
+
+/// Seals a message's content, bound to its record key.
+pub fn seal_content(crypto: &Crypto, msg: &Message) -> crate::crypto::Sealed {
+    crypto.seal_json(&msg.content, &layout::message(&msg.id))
 }
 
 fn corrupt(key: &[u8], reason: &str) -> StoreError {

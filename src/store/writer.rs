@@ -35,6 +35,7 @@ pub(super) fn spawn(
     mut rx: mpsc::Receiver<Request>,
     max_ops: usize,
     stats: Arc<WriterStats>,
+    crypto: Arc<crate::crypto::Crypto>,
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("store-writer".into())
@@ -51,7 +52,7 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                commit_group(&db, &log, requests, &stats);
+                commit_group(&db, &log, requests, &stats, &crypto);
             }
             // Channel closed: every Store handle is gone. Leave sled consistent.
             let _ = db.flush();
@@ -63,7 +64,13 @@ pub(super) fn spawn(
     Ok(())
 }
 
-fn commit_group(db: &sled::Db, log: &File, requests: Vec<Request>, stats: &WriterStats) {
+fn commit_group(
+    db: &sled::Db,
+    log: &File,
+    requests: Vec<Request>,
+    stats: &WriterStats,
+    crypto: &crate::crypto::Crypto,
+) {
     let started = Instant::now();
     let mut set = WriteSet::new(db);
     let mut results = Vec::with_capacity(requests.len());
@@ -80,7 +87,7 @@ fn commit_group(db: &sled::Db, log: &File, requests: Vec<Request>, stats: &Write
         };
         results.push(outcome);
     }
-    let outcome = set.finish().and_then(|batch| {
+    let outcome = set.finish(crypto).and_then(|batch| {
         db.apply_batch(batch)?;
         db.flush()?;
         log.sync_data().map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
@@ -347,8 +354,9 @@ impl<'a> WriteSet<'a> {
         }
     }
 
-    /// Serialises the changed messages and builds the sled batch.
-    fn finish(self) -> Result<sled::Batch, StoreError> {
+    /// Serialises the changed messages (sealing any content not sealed yet; the writer itself
+    /// never opens content) and builds the sled batch.
+    fn finish(self, crypto: &crate::crypto::Crypto) -> Result<sled::Batch, StoreError> {
         let mut batch = sled::Batch::default();
         for (key, value) in self.raw {
             match value {
@@ -356,8 +364,11 @@ impl<'a> WriteSet<'a> {
                 None => batch.remove(key),
             }
         }
-        for (id, msg) in self.messages {
+        for (id, mut msg) in self.messages {
             let key = layout::message(&id);
+            if msg.sealed.is_none() && msg.purged_ms.is_none() {
+                msg.sealed = Some(super::seal_content(crypto, &msg));
+            }
             let value = encode(&key, &msg)?;
             batch.insert(key, value);
         }

@@ -27,6 +27,7 @@ pub struct Certs {
 impl Certs {
     pub fn new() -> Certs {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.keys"), smsgate::crypto::Crypto::generate_file_text()).unwrap();
         for name in ["api", "smsc"] {
             smsgate::tls::write_self_signed(
                 &["localhost", "127.0.0.1"],
@@ -89,6 +90,8 @@ pub fn config_text(data_dir: &Path, certs: &Certs, port: u16, extra: &str) -> St
     let mut text = format!(
         r#"
 data_dir = "{data}"
+[crypto]
+key_file = "{keys}"
 [api]
 listen = "127.0.0.1:0"
 tls_cert = "{api_crt}"
@@ -111,6 +114,7 @@ response_timeout_secs = 3
         api_crt = certs.path("api.crt").display(),
         api_key = certs.path("api.key").display(),
         smsc_crt = certs.path("smsc.crt").display(),
+        keys = certs.path("data.keys").display(),
     );
     for line in extra.lines().filter(|l| !l.trim().is_empty()) {
         let key = format!("{} =", line.split('=').next().unwrap_or_default().trim());
