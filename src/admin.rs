@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::audit::{Audit, Event};
 use crate::auth::{ApiKey, KeyAdmin, KeyRing, Scope};
 use crate::store::Store;
 
@@ -90,8 +91,27 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
 
-/// Executes a request against an open store (server side, or the CLI when no server runs).
-pub async fn execute(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
+/// Executes a request against an open store (server side, or the CLI when no server runs),
+/// and records it in the audit trail.
+pub async fn execute(store: &Store, ring: &KeyRing, audit: &Audit, actor: &str, req: AdminRequest) -> AdminResponse {
+    let action = op_name(&req);
+    let target = match &req {
+        AdminRequest::KeysSetLimits { id, .. } | AdminRequest::KeysRevoke { id } => id.clone(),
+        _ => String::new(),
+    };
+    let answer = run_request(store, ring, req).await;
+    let (target, outcome) = match &answer {
+        AdminResponse::Created { key, .. } | AdminResponse::Updated { key } | AdminResponse::Revoked { key } => {
+            (key.id.clone(), "ok".to_string())
+        }
+        AdminResponse::Error { message } => (target, format!("error: {message}")),
+        AdminResponse::Keys { .. } => (target, "ok".to_string()),
+    };
+    audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
+    answer
+}
+
+async fn run_request(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
     let admin = KeyAdmin { store, ring };
     let result = match req {
         AdminRequest::KeysCreate { name, scopes, rate_per_sec, daily_segments } => {
@@ -113,7 +133,13 @@ pub async fn execute(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminR
 }
 
 /// Starts the socket server.
-pub fn serve(data_dir: &Path, store: Store, ring: Arc<KeyRing>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn serve(
+    data_dir: &Path,
+    store: Store,
+    ring: Arc<KeyRing>,
+    audit: Audit,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let path = socket_path(data_dir);
     tokio::spawn(async move {
         let _ = std::fs::remove_file(&path);
@@ -135,6 +161,7 @@ pub fn serve(data_dir: &Path, store: Store, ring: Arc<KeyRing>, mut shutdown: wa
             };
             let store = store.clone();
             let ring = ring.clone();
+            let audit = audit.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
@@ -143,7 +170,7 @@ pub fn serve(data_dir: &Path, store: Store, ring: Arc<KeyRing>, mut shutdown: wa
                     Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(req) => {
                             info!(op = ?op_name(&req), "admin request");
-                            execute(&store, &ring, req).await
+                            execute(&store, &ring, &audit, "admin-socket", req).await
                         }
                         Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
                     },

@@ -83,6 +83,15 @@ pub struct ApiKey {
     /// Segments this key may send per UTC day; `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_segments: Option<u64>,
+    /// Content-rule action for this key instead of the configured one (set by an admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_action: Option<crate::config::ContentAction>,
+    /// Default webhook URL for this key's messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Whether this key's webhooks may carry the message body.
+    #[serde(default)]
+    pub webhook_include_body: bool,
 }
 
 /// An authenticated caller.
@@ -94,6 +103,10 @@ pub struct Principal {
     pub scopes: Vec<Scope>,
     /// Its daily segment quota.
     pub daily_segments: Option<u64>,
+    /// Its content-rule action override.
+    pub content_action: Option<crate::config::ContentAction>,
+    /// Its default webhook.
+    pub webhook_url: Option<String>,
 }
 
 impl Principal {
@@ -146,6 +159,9 @@ pub fn generate(name: &str, scopes: Vec<Scope>) -> (ApiKey, String) {
         revoked_ms: None,
         rate_per_sec: None,
         daily_segments: None,
+        content_action: None,
+        webhook_url: None,
+        webhook_include_body: false,
     };
     (key, token)
 }
@@ -190,7 +206,13 @@ impl KeyRing {
         if !matches || key.revoked_ms.is_some() {
             return Err(AuthError::Invalid);
         }
-        Ok(Principal { key_id: key.id.clone(), scopes: key.scopes.clone(), daily_segments: key.daily_segments })
+        Ok(Principal {
+            key_id: key.id.clone(),
+            scopes: key.scopes.clone(),
+            daily_segments: key.daily_segments,
+            content_action: key.content_action,
+            webhook_url: key.webhook_url.clone(),
+        })
     }
 
     /// Counts one request against the key's rate; `Err(wait)` when over it.

@@ -270,7 +270,10 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
             let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
             let ring = KeyRing::load(&store)?;
-            admin::execute(&store, &ring, request).await
+            let audit = crate::audit::Audit::open(&config.data_dir)?;
+            let answer = admin::execute(&store, &ring, &audit, "direct", request).await;
+            audit.flush();
+            answer
         }
     };
     match answer {

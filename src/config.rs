@@ -84,6 +84,15 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Where the data keys come from (encryption at rest).
     pub crypto: CryptoConfig,
+    /// Opt-outs, consent, quiet hours, frequency caps, content rules.
+    #[serde(default)]
+    pub compliance: ComplianceConfig,
+    /// Retention of bodies, inbound texts and metadata.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// Signed webhooks.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -127,6 +136,9 @@ pub struct MetricsConfig {
     /// Plain-HTTP listener for `/metrics`; loopback by default.
     #[serde(default = "default_metrics_listen")]
     pub listen: SocketAddr,
+    /// Needed to serve the plain-HTTP metrics listener on a non-loopback address.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
 }
 
 fn default_metrics_listen() -> SocketAddr {
@@ -135,7 +147,7 @@ fn default_metrics_listen() -> SocketAddr {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: default_metrics_listen() }
+        MetricsConfig { listen: default_metrics_listen(), allow_non_loopback: false }
     }
 }
 
@@ -202,6 +214,240 @@ impl Default for DispatchConfig {
             retry_base_ms: default_retry_base_ms(),
             retry_max_ms: default_retry_max_ms(),
             default_validity_secs: default_validity_secs(),
+        }
+    }
+}
+
+/// `[compliance]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// `global` (an opt-out blocks every sender) or `sender` (only the sender it was sent to).
+    #[serde(default)]
+    pub optout_scope: OptOutScope,
+    /// Accept only numbers with a recorded opt-in.
+    #[serde(default)]
+    pub require_consent: bool,
+    /// Opt-out keywords (whole message, after trimming, case-folding, dropping punctuation).
+    #[serde(default = "default_optout_keywords")]
+    pub optout_keywords: Vec<String>,
+    /// Opt-in keywords.
+    #[serde(default = "default_optin_keywords")]
+    pub optin_keywords: Vec<String>,
+    /// Help keywords.
+    #[serde(default = "default_help_keywords")]
+    pub help_keywords: Vec<String>,
+    /// A message of at most this many words containing an opt-out keyword is an opt-out
+    /// (FCC 2024: any reasonable means); 0 turns the rule off.
+    #[serde(default = "default_reasonable_words")]
+    pub reasonable_optout_max_words: usize,
+    /// Confirmation sent once after an opt-out. `{sender}` is replaced by the sender id.
+    #[serde(default = "default_optout_reply")]
+    pub optout_reply: String,
+    /// Reply to an opt-in.
+    #[serde(default = "default_optin_reply")]
+    pub optin_reply: String,
+    /// Reply to HELP.
+    #[serde(default = "default_help_reply")]
+    pub help_reply: String,
+    /// At most one HELP reply per number per this many seconds.
+    #[serde(default = "default_help_interval")]
+    pub help_reply_interval_secs: u64,
+    /// Quiet hours in the recipient's local time.
+    pub quiet_hours: Option<QuietHoursConfig>,
+    /// Per-category frequency and length policies (FCC 15-72 healthcare exemption).
+    #[serde(default)]
+    pub category_policies: Vec<CategoryPolicy>,
+    /// PHI content rules.
+    #[serde(default)]
+    pub content: ContentConfig,
+}
+
+/// How far an opt-out reaches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptOutScope {
+    /// Every sender.
+    #[default]
+    Global,
+    /// The sender id the STOP was sent to.
+    Sender,
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+fn default_optout_keywords() -> Vec<String> {
+    words(&["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "OPT OUT", "STOP ALL"])
+}
+fn default_optin_keywords() -> Vec<String> {
+    words(&["START", "UNSTOP", "YES"])
+}
+fn default_help_keywords() -> Vec<String> {
+    words(&["HELP", "INFO"])
+}
+fn default_reasonable_words() -> usize {
+    4
+}
+fn default_optout_reply() -> String {
+    "You have been unsubscribed and will receive no more messages from {sender}. Reply START to resubscribe.".into()
+}
+fn default_optin_reply() -> String {
+    "You are subscribed again to messages from {sender}. Reply STOP to unsubscribe, HELP for help.".into()
+}
+fn default_help_reply() -> String {
+    "{sender}: appointment and care messages. Msg&data rates may apply. Reply STOP to unsubscribe.".into()
+}
+fn default_help_interval() -> u64 {
+    3600
+}
+
+impl Default for ComplianceConfig {
+    fn default() -> Self {
+        ComplianceConfig {
+            optout_scope: OptOutScope::Global,
+            require_consent: false,
+            optout_keywords: default_optout_keywords(),
+            optin_keywords: default_optin_keywords(),
+            help_keywords: default_help_keywords(),
+            reasonable_optout_max_words: default_reasonable_words(),
+            optout_reply: default_optout_reply(),
+            optin_reply: default_optin_reply(),
+            help_reply: default_help_reply(),
+            help_reply_interval_secs: default_help_interval(),
+            quiet_hours: None,
+            category_policies: Vec::new(),
+            content: ContentConfig::default(),
+        }
+    }
+}
+
+/// `[compliance.quiet_hours]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursConfig {
+    /// Start of the quiet window, `HH:MM` local time.
+    pub start: String,
+    /// End of the quiet window, `HH:MM` local time (may be before `start`: overnight).
+    pub end: String,
+    /// Zone when neither the message nor the number fixes one.
+    pub default_timezone: String,
+}
+
+/// `[[compliance.category_policies]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryPolicy {
+    /// The category it applies to.
+    pub category: String,
+    /// Messages per recipient per local day.
+    pub max_per_day: Option<u32>,
+    /// Messages per recipient over the last 7 local days.
+    pub max_per_week: Option<u32>,
+    /// Longest body, in characters.
+    pub max_chars: Option<usize>,
+}
+
+/// `[compliance.content]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    /// What a match does: `reject` (422) or `flag` (accept, count, audit).
+    #[serde(default)]
+    pub action: ContentAction,
+    /// Detect US Social Security numbers.
+    #[serde(default = "default_true")]
+    pub ssn: bool,
+    /// Detect dates of birth next to identifying words.
+    #[serde(default = "default_true")]
+    pub dob: bool,
+    /// Medical record number patterns (regular expressions).
+    #[serde(default)]
+    pub mrn_patterns: Vec<String>,
+    /// Clinical terms that must not appear (whole words, any case).
+    #[serde(default)]
+    pub deny_terms: Vec<String>,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        ContentConfig {
+            action: ContentAction::Reject,
+            ssn: true,
+            dob: true,
+            mrn_patterns: Vec::new(),
+            deny_terms: Vec::new(),
+        }
+    }
+}
+
+/// What a content rule match does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentAction {
+    /// Refuse the message (422 `content_policy_violation`).
+    #[default]
+    Reject,
+    /// Accept it, count it, audit it.
+    Flag,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days after the final status before a message body is purged.
+    #[serde(default = "default_body_days")]
+    pub body_days: u64,
+    /// Days before an inbound text is purged.
+    #[serde(default = "default_body_days")]
+    pub inbound_days: u64,
+    /// Days metadata (status history, numbers sealed) is kept; 2190 = HIPAA's 6 years.
+    #[serde(default = "default_metadata_days")]
+    pub metadata_days: u64,
+}
+
+fn default_body_days() -> u64 {
+    30
+}
+fn default_metadata_days() -> u64 {
+    2190
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            body_days: default_body_days(),
+            inbound_days: default_body_days(),
+            metadata_days: default_metadata_days(),
+        }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// File holding the HMAC-SHA256 signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding it.
+    pub secret_env: Option<String>,
+    /// Where inbound texts are pushed.
+    pub inbound_url: Option<String>,
+    /// PEM CAs to trust for webhook receivers (else the Mozilla roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl WebhooksConfig {
+    /// The signing secret, if configured.
+    pub fn secret(&self) -> Result<Option<Secret>, String> {
+        match (&self.secret_file, &self.secret_env) {
+            (Some(p), None) => std::fs::read_to_string(p)
+                .map(|s| Some(Secret::new(s.trim())))
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            (None, Some(v)) => std::env::var(v).map(|s| Some(Secret::new(s))).map_err(|_| format!("{v} is not set")),
+            (None, None) => Ok(None),
+            _ => Err("set secret_file or secret_env, not both".into()),
         }
     }
 }
@@ -516,6 +762,8 @@ impl Config {
         };
         fix(&mut self.data_dir);
         self.crypto.key_file.as_mut().map(fix);
+        self.webhooks.secret_file.as_mut().map(fix);
+        self.webhooks.ca_file.as_mut().map(fix);
         self.api.tls_cert.as_mut().map(fix);
         self.api.tls_key.as_mut().map(fix);
         for c in &mut self.carriers {
@@ -549,6 +797,7 @@ impl Config {
         if let Err(e) = self.crypto.load() {
             p.push(format!("crypto: {e}"));
         }
+        p.extend(self.validate_compliance());
         if let Some(kf) = &self.crypto.key_file
             && kf.starts_with(&self.data_dir)
         {
@@ -639,6 +888,60 @@ impl Config {
                     p.push(format!("routes[{i}].carriers: no carrier named '{name}'"));
                 }
             }
+        }
+        p
+    }
+
+    fn validate_compliance(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let c = &self.compliance;
+        if let Some(q) = &c.quiet_hours {
+            for (k, v) in [("start", &q.start), ("end", &q.end)] {
+                if crate::compliance::quiet::parse_hhmm(v).is_none() {
+                    p.push(format!("compliance.quiet_hours.{k}: '{v}' is not HH:MM"));
+                }
+            }
+            if jiff::tz::TimeZone::get(&q.default_timezone).is_err() {
+                p.push(format!(
+                    "compliance.quiet_hours.default_timezone: '{}' is not an IANA zone",
+                    q.default_timezone
+                ));
+            }
+        }
+        for (i, pol) in c.category_policies.iter().enumerate() {
+            if pol.max_per_day.is_none() && pol.max_per_week.is_none() && pol.max_chars.is_none() {
+                p.push(format!("compliance.category_policies[{i}] ({}): set at least one limit", pol.category));
+            }
+        }
+        for (i, pattern) in c.content.mrn_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(pattern) {
+                p.push(format!("compliance.content.mrn_patterns[{i}]: {e}"));
+            }
+        }
+        if c.optout_keywords.is_empty() {
+            p.push("compliance.optout_keywords: must not be empty (STOP must always work)".into());
+        }
+        if let Err(e) = self.webhooks.secret() {
+            p.push(format!("webhooks: {e}"));
+        }
+        if let Some(url) = &self.webhooks.inbound_url
+            && !(url.starts_with("https://")
+                || url.starts_with("http://127.0.0.1")
+                || url.starts_with("http://localhost"))
+        {
+            p.push("webhooks.inbound_url: https:// only (http:// to localhost for tests)".into());
+        }
+        if self.webhooks.inbound_url.is_some()
+            && self.webhooks.secret_file.is_none()
+            && self.webhooks.secret_env.is_none()
+        {
+            p.push("webhooks: a signing secret (secret_file or secret_env) is required for webhooks".into());
+        }
+        if !self.metrics.listen.ip().is_loopback() && !self.metrics.allow_non_loopback {
+            p.push(format!(
+                "metrics.listen: {} is not loopback; /metrics is plain HTTP, set allow_non_loopback = true only behind a protected network",
+                self.metrics.listen
+            ));
         }
         p
     }

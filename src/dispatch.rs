@@ -25,6 +25,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::audit::{Audit, Event};
+use crate::compliance::{Compliance, DispatchVerdict};
 use crate::config::DispatchConfig;
 use crate::flow::FlowControl;
 use crate::message::{ErrorInfo, Message, Status, now_ms};
@@ -142,6 +144,8 @@ pub struct Dispatcher {
     carriers: HashMap<String, CarrierDispatch>,
     policy: DispatchConfig,
     claims: Arc<Claims>,
+    compliance: Arc<Compliance>,
+    audit: Audit,
 }
 
 /// Whether a `submit_sm_resp` error is worth retrying. Unknown vendor codes are treated as
@@ -229,8 +233,10 @@ impl Dispatcher {
         carriers: HashMap<String, CarrierDispatch>,
         policy: DispatchConfig,
         claims: Arc<Claims>,
+        compliance: Arc<Compliance>,
+        audit: Audit,
     ) -> Arc<Self> {
-        Arc::new(Dispatcher { store, queues, carriers, policy, claims })
+        Arc::new(Dispatcher { store, queues, carriers, policy, claims, compliance, audit })
     }
 
     /// Starts one task per carrier queue, plus the reaper/metrics task; they stop when
@@ -320,6 +326,30 @@ impl Dispatcher {
             self.finish(&msg, Status::Expired, error("validity_expired", "validity ended before submission", None))
                 .await?;
             return Ok(false);
+        }
+        // Opt-outs and consent may have changed since accept; a retry may fall in quiet hours.
+        match self.compliance.check_dispatch(&self.store, self.store.crypto(), &msg, now)? {
+            DispatchVerdict::Proceed => {}
+            DispatchVerdict::Block(code) => {
+                let text = match code {
+                    "recipient_opted_out" => "the recipient opted out after this message was accepted",
+                    _ => "no recorded consent for this recipient",
+                };
+                self.finish(&msg, Status::Blocked, error(code, text, None)).await?;
+                self.audit.record(Event::new("system", "message.blocked", msg.id.clone(), code));
+                return Ok(false);
+            }
+            DispatchVerdict::Defer(due) => {
+                let op = Op::Reschedule {
+                    id: msg.id.clone(),
+                    due_ms: due,
+                    count_attempt: false,
+                    error: error("quiet_hours", "held until the recipient's quiet hours end", None),
+                };
+                self.store.commit_one(op).await?;
+                queue.push(Entry { due_ms: due, ..entry });
+                return Ok(false);
+            }
         }
         // Failover: the first healthy carrier of the route, in order.
         let target = if own.healthy() && msg.route.first().map(String::as_str) == Some(own.link.name().as_ref()) {

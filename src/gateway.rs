@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};
+use crate::audit::Audit;
 use crate::auth::KeyRing;
+use crate::compliance::Compliance;
 use crate::config::{CarrierConfig, Config};
 use crate::dispatch::{Breaker, CarrierDispatch, Claims, Dispatcher};
 use crate::flow::FlowControl;
@@ -38,8 +40,8 @@ pub enum StartError {
     /// A listener could not bind.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-    /// The data keys did not load.
-    #[error("data keys: {0}")]
+    /// The data keys, the audit log or the webhook secret could not be set up.
+    #[error("{0}")]
     Crypto(String),
     /// A carrier setting is unusable.
     #[error("carrier {0}: {1}")]
@@ -108,13 +110,16 @@ impl Gateway {
             crypto,
         )?;
         let keys = Arc::new(KeyRing::load(&store)?);
+        let audit = Audit::open(&config.data_dir).map_err(|e| StartError::Crypto(e.to_string()))?;
+        let compliance = Arc::new(Compliance::new(&config.compliance));
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let id_formats: HashMap<String, IdFormat> =
             config.carriers.iter().map(|c| (c.name.clone(), c.receipt_id_format)).collect();
-        let inbound = Inbound::new(store.clone(), id_formats);
+        let inbound =
+            Inbound::new(store.clone(), id_formats, compliance.clone(), audit.clone(), config.clone(), queues.clone());
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
         let mut dispatch = HashMap::new();
@@ -135,8 +140,15 @@ impl Gateway {
             links.push(link);
         }
         let claims = Arc::new(Claims::default());
-        let dispatcher =
-            Dispatcher::new(store.clone(), queues.clone(), dispatch, config.dispatch.clone(), claims.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            queues.clone(),
+            dispatch,
+            config.dispatch.clone(),
+            claims.clone(),
+            compliance.clone(),
+            audit.clone(),
+        );
         let mut tasks = dispatcher.start(shutdown_rx.clone());
 
         let state = Arc::new(AppState {
@@ -148,7 +160,17 @@ impl Gateway {
             accepting: AtomicBool::new(true),
             claims,
             disk_free_bytes: AtomicU64::new(disk_free(&config.data_dir)),
+            compliance,
+            audit: audit.clone(),
         });
+        match config.webhooks.secret() {
+            Ok(Some(secret)) => {
+                let tls = tls::client_config(config.webhooks.ca_file.as_deref(), None)?;
+                tasks.push(tokio::spawn(crate::webhooks::run(store.clone(), secret, tls, shutdown_rx.clone())));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(StartError::Crypto(format!("webhooks: {e}"))),
+        }
         tasks.push(tokio::spawn(watch_disk(state.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(sweep_hourly(store.clone(), shutdown_rx.clone())));
         let api_listener =
@@ -189,7 +211,7 @@ impl Gateway {
                 }
             }
         })));
-        tasks.push(admin::serve(&config.data_dir, store.clone(), keys.clone(), shutdown_rx.clone()));
+        tasks.push(admin::serve(&config.data_dir, store.clone(), keys.clone(), audit.clone(), shutdown_rx.clone()));
         info!(api = %api_addr, metrics = %metrics_addr, queued = queues.total(), "smsgate started");
         Ok(Gateway {
             api_addr,

@@ -1,7 +1,10 @@
-//! What smsgate does with a `deliver_sm`: receipts update their message, anything else is an
-//! inbound (mobile-originated) text and is stored. Both are durable before the
-//! `deliver_sm_resp` goes back, so an acknowledged PDU is never lost; when the store fails
-//! the answer is `ESME_RSYSERR` and the SMSC sends it again later.
+//! What smsgate does with a `deliver_sm`: receipts update their message; anything else is an
+//! inbound (mobile-originated) text: stored sealed, checked for keywords (STOP/START/HELP and
+//! the reasonable-opt-out rule), answered with the configured auto-reply, audited, and pushed
+//! to the inbound webhook. Everything a PDU causes is durable before its `deliver_sm_resp`
+//! goes back, in one commit (opt-out entry, inbound record, auto-reply, webhook outbox entry),
+//! so an acknowledged STOP is never lost and blocks every later submit. When the store fails
+//! the answer is `ESME_RSYSERR` and the SMSC sends the PDU again later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,43 +12,84 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use serde_json::json;
+use tracing::{debug, info, warn};
 
-use crate::message::{Status, now_ms};
+use crate::audit::{Audit, Event};
+use crate::compliance::keywords::Keyword;
+use crate::compliance::{Compliance, registry};
+use crate::config::Config;
+use crate::crypto::Sealed;
+use crate::message::{Content, Message, MessageKind, Part, Status, now_ms};
 use crate::metrics as m;
+use crate::phone::{E164, mask};
+use crate::queue::{Entry, Queues};
 use crate::smpp::pdu::{ShortMessage, status};
 use crate::smpp::receipt::{self, IdFormat, normalize_id};
 use crate::smpp::session::InboundHandler;
 use crate::store::{Op, OpResult, Store, layout};
 use crate::text;
 
-/// An inbound text as stored.
+/// The sealed part of an inbound text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundContent {
+    /// Sender (the handset), `+` and digits when international.
+    pub from: String,
+    /// Our number or short code it was sent to.
+    pub to: String,
+    /// Decoded text.
+    pub body: String,
+}
+
+/// An inbound text as stored (`i/{seq}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundMessage {
     /// Accept order; the paging cursor.
     pub seq: u64,
     /// Carrier it came from.
     pub carrier: String,
-    /// Sender (the handset), as the carrier wrote it.
-    pub from: String,
-    /// Our number or short code it was sent to.
-    pub to: String,
-    /// Decoded text.
-    pub body: String,
     /// Received at (ms).
     pub received_ms: u64,
+    /// `optout`, `optin`, `help` or `text`.
+    pub kind: String,
+    /// The keyword found, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    /// For opt-outs: `exact` or `reasonable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Content, sealed; `None` once retention purged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+    /// When retention purged the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_ms: Option<u64>,
+    /// Content, opened (not stored).
+    #[serde(skip)]
+    pub content: InboundContent,
 }
 
 /// Handles receipts and inbound texts for every carrier.
 pub struct Inbound {
     store: Store,
     id_formats: HashMap<String, IdFormat>,
+    compliance: Arc<Compliance>,
+    audit: Audit,
+    config: Arc<Config>,
+    queues: Arc<Queues>,
 }
 
 impl Inbound {
     /// `id_formats`: how each carrier writes receipt ids.
-    pub fn new(store: Store, id_formats: HashMap<String, IdFormat>) -> Arc<Self> {
-        Arc::new(Inbound { store, id_formats })
+    pub fn new(
+        store: Store,
+        id_formats: HashMap<String, IdFormat>,
+        compliance: Arc<Compliance>,
+        audit: Audit,
+        config: Arc<Config>,
+        queues: Arc<Queues>,
+    ) -> Arc<Self> {
+        Arc::new(Inbound { store, id_formats, compliance, audit, config, queues })
     }
 
     async fn handle(&self, carrier: &str, sm: ShortMessage) -> u32 {
@@ -77,7 +121,6 @@ impl Inbound {
                 status::OK
             }
             Ok(OpResult::Orphan) => {
-                // Before its submit_sm_resp was recorded, or for a message we never sent.
                 m::receipt(carrier, "orphan");
                 debug!(carrier, "receipt kept until its submit_sm_resp is recorded");
                 status::OK
@@ -97,40 +140,201 @@ impl Inbound {
         }
     }
 
+    /// An auto-reply from `our_address` to `handset`, sent back through `carrier` first.
+    fn reply(
+        &self,
+        carrier: &str,
+        handset: &E164,
+        our_address: &str,
+        body: String,
+    ) -> Result<Message, crate::store::StoreError> {
+        let seq = self.store.next_seq()?;
+        let now = now_ms();
+        let analysis = text::analyze(&body);
+        let mut route = vec![carrier.to_string()];
+        for c in self.config.route(handset.as_str(), Some(our_address), None).unwrap_or_default() {
+            if !route.contains(&c) {
+                route.push(c);
+            }
+        }
+        let from = (!our_address.is_empty()).then(|| our_address.to_string());
+        let mut msg = Message {
+            id: ulid::Ulid::new().to_string(),
+            key_id: "system".into(),
+            seq,
+            content: Content { to: handset.as_str().to_string(), from, body },
+            sealed: None,
+            purged_ms: None,
+            to_masked: String::new(),
+            webhook_body: false,
+            client_ref: None,
+            callback_url: None,
+            category: Some("system".into()),
+            kind: MessageKind::AutoReply,
+            recipient_tz: None,
+            flags: Vec::new(),
+            encoding: analysis.encoding,
+            segments: analysis.segments as u32,
+            created_ms: now,
+            due_ms: now,
+            expires_ms: now + 24 * 3600 * 1000,
+            status: Status::Queued,
+            route,
+            carrier: None,
+            parts: vec![Part::default(); analysis.segments],
+            attempts: 0,
+            error: None,
+            history: vec![crate::message::Event {
+                status: Status::Queued,
+                at_ms: now,
+                detail: Some("auto_reply".into()),
+            }],
+        };
+        msg.sealed = Some(crate::store::seal_content(self.store.crypto(), &msg));
+        Ok(msg)
+    }
+
     async fn mobile_originated(&self, carrier: &str, sm: &ShortMessage) -> u32 {
         m::inbound(carrier, "mo");
-        let seq = match self.store.next_seq() {
-            Ok(s) => s,
-            Err(_) => return status::SYSTEM_ERROR,
-        };
-        let msg = InboundMessage {
-            seq,
-            carrier: carrier.to_string(),
-            from: address(&sm.source.addr, sm.source.ton),
-            to: address(&sm.dest.addr, sm.dest.ton),
-            body: decode_text(sm),
-            received_ms: now_ms(),
-        };
-        let key = layout::inbound(seq);
-        let op = match crate::store::encode(&key, &msg) {
-            Ok(value) => Op::Put { key, value },
-            Err(_) => return status::SYSTEM_ERROR,
-        };
-        match self.store.commit_one(op).await {
-            Ok(_) => status::OK,
+        match self.store_mo(carrier, sm).await {
+            Ok(()) => status::OK,
             Err(e) => {
                 warn!(carrier, error = %e, "cannot store inbound message; asking the SMSC to retry");
                 status::SYSTEM_ERROR
             }
         }
     }
+
+    async fn store_mo(&self, carrier: &str, sm: &ShortMessage) -> Result<(), crate::store::StoreError> {
+        let crypto = self.store.crypto().clone();
+        let now = now_ms();
+        let content = InboundContent {
+            from: address(&sm.source.addr, sm.source.ton),
+            to: address(&sm.dest.addr, sm.dest.ton),
+            body: decode_text(sm),
+        };
+        let keyword = self.compliance.classify(&content.body);
+        let handset = E164::from_trusted(&content.from).ok();
+        let idx = crypto.blind_index(&content.from);
+        let mut ops = Vec::new();
+        let mut reply = None;
+        let (kind, kw, rule) = match &keyword {
+            Keyword::OptOut { keyword, rule } => ("optout", Some(keyword.clone()), Some(rule.to_string())),
+            Keyword::OptIn(k) => ("optin", Some(k.clone()), None),
+            Keyword::Help(k) => ("help", Some(k.clone()), None),
+            Keyword::None => ("text", None, None),
+        };
+        let actor = format!("carrier:{carrier}");
+        match &keyword {
+            Keyword::OptOut { keyword: k, rule } => {
+                let scope = self.compliance.optout_scope(&content.to);
+                let key = registry::optout_key(&scope, &idx);
+                let existing = self.store.get::<registry::OptOutEntry>(&key)?;
+                // One confirmation per opt-out: a repeated STOP is recorded but not answered.
+                let confirm = existing.as_ref().is_none_or(|e| !e.confirmation_sent) && handset.is_some();
+                let (op, _) = registry::optout_op(
+                    &crypto,
+                    &content.from,
+                    &scope,
+                    "keyword",
+                    Some(k.clone()),
+                    Some(rule.to_string()),
+                    &actor,
+                    now,
+                    confirm || existing.as_ref().is_some_and(|e| e.confirmation_sent),
+                )?;
+                ops.push(op);
+                // An opt-out also withdraws consent.
+                ops.push(Op::Delete { key: registry::consent_key(&idx) });
+                if confirm {
+                    reply = self.compliance.reply(&keyword, &content.to);
+                }
+                m::optout(k);
+                info!(carrier, from = %mask(&content.from), keyword = %k, rule, "opt-out recorded");
+            }
+            Keyword::OptIn(_) => {
+                let scope = self.compliance.optout_scope(&content.to);
+                ops.push(Op::Delete { key: registry::optout_key(&scope, &idx) });
+                ops.push(registry::consent_op(&crypto, &content.from, "keyword:START", now, &actor, now)?);
+                reply = self.compliance.reply(&keyword, &content.to);
+            }
+            Keyword::Help(_) => {
+                if self.compliance.help_allowed(&idx, now) {
+                    reply = self.compliance.reply(&keyword, &content.to);
+                }
+            }
+            Keyword::None => {}
+        }
+        let seq = self.store.next_seq()?;
+        let key = layout::inbound(seq);
+        let record = InboundMessage {
+            seq,
+            carrier: carrier.to_string(),
+            received_ms: now,
+            kind: kind.into(),
+            keyword: kw.clone(),
+            rule: rule.clone(),
+            sealed: Some(crypto.seal_json(&content, &key)),
+            purged_ms: None,
+            content: InboundContent::default(),
+        };
+        ops.push(Op::Put { value: crate::store::encode(&key, &record)?, key });
+        let reply_msg = match (reply, &handset) {
+            (Some(body), Some(h)) => Some(self.reply(carrier, h, &content.to, body)?),
+            _ => None,
+        };
+        if let Some(r) = &reply_msg {
+            ops.push(Op::Insert(Box::new(r.clone())));
+        }
+        if let Some(url) = &self.config.webhooks.inbound_url {
+            let payload = json!({"event": "inbound", "seq": seq, "carrier": carrier, "from": content.from, "to": content.to,
+                                 "body": content.body, "kind": kind, "received_at": crate::message::rfc3339(now)});
+            ops.push(crate::webhooks::outbox_op(&crypto, self.store.next_seq()?, url, &payload)?);
+        }
+        self.store.commit(ops).await?;
+        if let Some(r) = reply_msg
+            && let Some(q) = self.queues.get(r.queue_carrier())
+        {
+            q.push(Entry { due_ms: r.due_ms, seq: r.seq, id: r.id, expires_ms: r.expires_ms });
+        }
+        if kind != "text" {
+            self.audit.record(
+                Event::new(actor, format!("keyword.{kind}"), format!("idx:{idx}"), "recorded")
+                    .detail(json!({"keyword": kw, "rule": rule, "inbound_seq": seq})),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl InboundHandler for Inbound {
     fn deliver(&self, carrier: Arc<str>, sm: ShortMessage) -> Pin<Box<dyn Future<Output = u32> + Send>> {
-        let this = Inbound { store: self.store.clone(), id_formats: self.id_formats.clone() };
+        let this = Inbound {
+            store: self.store.clone(),
+            id_formats: self.id_formats.clone(),
+            compliance: self.compliance.clone(),
+            audit: self.audit.clone(),
+            config: self.config.clone(),
+            queues: self.queues.clone(),
+        };
         Box::pin(async move { this.handle(&carrier, sm).await })
     }
+}
+
+/// Inbound texts after `after` (a seq), at most `limit`, content opened.
+pub fn list(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<InboundMessage>, crate::store::StoreError> {
+    let after_key = after.map(layout::inbound);
+    let crypto = store.crypto().clone();
+    let page = store.page::<InboundMessage>(layout::INBOUND, after_key.as_deref(), limit)?;
+    Ok(page
+        .into_iter()
+        .map(|(key, mut m)| {
+            if let Some(s) = &m.sealed {
+                m.content = crypto.open_json(s, &key).unwrap_or_default();
+            }
+            m
+        })
+        .collect())
 }
 
 /// International numbers (TON 1) get their `+` back.

@@ -11,8 +11,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod crypto;
 pub mod demo;
@@ -31,3 +33,4 @@ pub mod smpp;
 pub mod store;
 pub mod text;
 pub mod tls;
+pub mod webhooks;

@@ -84,6 +84,18 @@ impl std::fmt::Debug for Content {
     }
 }
 
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// Sent by a client through the API.
+    #[default]
+    Regular,
+    /// smsgate's own reply to a keyword (opt-out confirmation, HELP): exempt from opt-out,
+    /// consent, quiet hours and caps, because the rules require it to go out.
+    AutoReply,
+}
+
 /// One step in a message's life, shown in the API's `history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -134,6 +146,12 @@ pub struct Message {
     /// `content`, sealed with the data key and bound to this record (AES-256-GCM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<crate::crypto::Sealed>,
+    /// The destination, masked (`+1415***0123`): for views and webhooks without opening content.
+    #[serde(default)]
+    pub to_masked: String,
+    /// Whether this message's status webhooks may carry its body (the key allows it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub webhook_body: bool,
     /// When the body was purged by retention (the number stays, sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_ms: Option<u64>,
@@ -146,6 +164,15 @@ pub struct Message {
     /// Message category (`urgent` bypasses quiet hours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Client message or smsgate's own auto-reply.
+    #[serde(default, skip_serializing_if = "is_regular")]
+    pub kind: MessageKind,
+    /// The recipient's time zone as resolved at accept (quiet hours, caps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_tz: Option<String>,
+    /// Content rules that matched under `flag`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
     /// GSM-7 or UCS-2.
     pub encoding: Encoding,
     /// Number of `submit_sm` the message needs.
@@ -172,6 +199,10 @@ pub struct Message {
     pub error: Option<ErrorInfo>,
     /// Status changes with timestamps.
     pub history: Vec<Event>,
+}
+
+fn is_regular(k: &MessageKind) -> bool {
+    *k == MessageKind::Regular
 }
 
 impl Message {

@@ -39,6 +39,12 @@ pub const RECEIPTS: &str = "smsgate_receipts_total";
 pub const INBOUND: &str = "smsgate_inbound_total";
 /// `optouts_total{keyword}`
 pub const OPTOUTS: &str = "smsgate_optouts_total";
+/// `content_flags_total{rule}`: PHI content rules matched under `flag`.
+pub const CONTENT_FLAGS: &str = "smsgate_content_flags_total";
+/// `compliance_rejections_total{reason}`: sends refused at accept by a compliance rule.
+pub const COMPLIANCE_REJECTIONS: &str = "smsgate_compliance_rejections_total";
+/// `webhooks_total{result}`: webhook deliveries.
+pub const WEBHOOKS: &str = "smsgate_webhooks_total";
 /// `store_commit_seconds`
 pub const STORE_COMMIT: &str = "smsgate_store_commit_seconds";
 /// `store_commit_batch_size`
@@ -100,6 +106,9 @@ fn describe() {
     describe_counter!(INBOUND, "deliver_sm received, by kind (receipt, mo)");
     describe_counter!(OPTOUTS, "Opt-outs recorded, by keyword");
     describe_histogram!(STORE_COMMIT, Unit::Seconds, "Group commit: apply + flush + fdatasync");
+    describe_counter!(CONTENT_FLAGS, "Messages accepted although a PHI content rule matched (action flag)");
+    describe_counter!(COMPLIANCE_REJECTIONS, "Sends refused at accept by a compliance rule");
+    describe_counter!(WEBHOOKS, "Webhook deliveries by result");
     describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
 }
 
@@ -169,4 +178,24 @@ pub fn receipt(carrier: &str, result: &'static str) {
 /// An inbound deliver_sm.
 pub fn inbound(carrier: &str, kind: &'static str) {
     counter!(INBOUND, "carrier" => carrier.to_string(), "kind" => kind).increment(1);
+}
+
+/// A content rule matched under `flag`.
+pub fn content_flag(rule: &'static str) {
+    counter!(CONTENT_FLAGS, "rule" => rule).increment(1);
+}
+
+/// A compliance refusal at accept.
+pub fn compliance_rejection(reason: &'static str) {
+    counter!(COMPLIANCE_REJECTIONS, "reason" => reason).increment(1);
+}
+
+/// An opt-out recorded.
+pub fn optout(keyword: &str) {
+    counter!(OPTOUTS, "keyword" => keyword.to_string()).increment(1);
+}
+
+/// A webhook delivery attempt.
+pub fn webhook(result: &'static str) {
+    counter!(WEBHOOKS, "result" => result).increment(1);
 }

@@ -113,10 +113,10 @@ async fn submit_receipt_and_inbound_through_the_node_simulator_over_tls() {
     let mo: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(mo["ok"], true, "{mo}");
     assert_eq!(mo["command_status"][0], 0);
-    let inbound: Vec<smsgate::inbound::InboundMessage> =
-        gw.gateway.store.scan(smsgate::store::layout::INBOUND).unwrap();
+    let inbound = smsgate::inbound::list(&gw.gateway.store, None, 10).unwrap();
     assert_eq!(inbound.len(), 1);
-    assert_eq!(inbound[0].body, "Running late, sorry");
-    assert_eq!(inbound[0].from, "+14155550123");
+    assert_eq!(inbound[0].content.body, "Running late, sorry");
+    assert_eq!(inbound[0].content.from, "+14155550123");
+    assert_eq!(inbound[0].kind, "text");
     gw.gateway.shutdown().await;
 }

@@ -17,9 +17,14 @@ fn message(id: &str, seq: u64, parts: usize) -> Message {
         content: Content { to: "+14155550123".into(), from: None, body: "hello".into() },
         sealed: None,
         purged_ms: None,
+        to_masked: String::new(),
+        webhook_body: false,
         client_ref: None,
         callback_url: None,
         category: None,
+        kind: Default::default(),
+        recipient_tz: None,
+        flags: Vec::new(),
         encoding: Encoding::Gsm7,
         segments: parts as u32,
         created_ms: 1,
@@ -164,12 +169,20 @@ async fn sweep_removes_only_what_is_stale() {
         created_ms,
     };
     for (key, created) in [("old", now - 25 * 3600 * 1000), ("new", now - 3600 * 1000)] {
-        let guard = Guard { idempotency: Some((layout::idempotency("k", key), record(created))), quota: None };
+        let guard = Guard { idempotency: Some((layout::idempotency("k", key), record(created))), quotas: vec![] };
         store.commit_guarded(vec![], Some(guard)).await.unwrap();
     }
     for day in ["20200101", &jiff::Timestamp::now().strftime("%Y%m%d").to_string()] {
-        let guard =
-            Guard { idempotency: None, quota: Some(QuotaGuard { key: layout::usage("k", day), amount: 1, limit: 10 }) };
+        let guard = Guard {
+            idempotency: None,
+            quotas: vec![QuotaGuard {
+                key: layout::usage("k", day),
+                also: vec![],
+                amount: 1,
+                limit: 10,
+                label: "daily".into(),
+            }],
+        };
         store.commit_guarded(vec![], Some(guard)).await.unwrap();
     }
     store.commit_one(receipt("nobody", delivered())).await.unwrap();

@@ -13,6 +13,7 @@ use super::{
     store_error,
 };
 use crate::auth::{Principal, Scope};
+use crate::compliance::Rejection;
 use crate::message::{Message, Status, now_ms};
 use crate::metrics as m;
 use crate::store::{Guard, Guarded, IdempotencyRecord, Op, OpResult, QuotaGuard, layout};
@@ -55,8 +56,9 @@ fn replay(record: &IdempotencyRecord, body_hash: &str) -> Handled {
     Ok(r)
 }
 
-/// Validates one message and turns it into a record (not yet stored).
-fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<Message, ApiError> {
+/// Validates one message, applies the compliance rules, and turns it into a record (not yet
+/// stored) plus the counters its commit must check.
+fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Message, Vec<QuotaGuard>), ApiError> {
     let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
     let request = send::parse(value, limits)?;
     let route = state
@@ -67,9 +69,69 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<Mes
     let seq = state.store.next_seq().map_err(store_error)?;
     let mut msg =
         send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
+    let crypto = state.store.crypto();
+    let plan = state
+        .compliance
+        .check_accept(&state.store, crypto, &msg, None, principal.content_action)
+        .map_err(store_error)?
+        .map_err(rejection)?;
+    if let Some(due) = plan.due_ms {
+        // Quiet hours: held until the window ends; validity counts from then.
+        msg.expires_ms = due + (msg.expires_ms - msg.due_ms);
+        msg.due_ms = due;
+        msg.status = Status::Scheduled;
+        msg.history = vec![crate::message::Event {
+            status: Status::Scheduled,
+            at_ms: msg.created_ms,
+            detail: Some("quiet_hours".into()),
+        }];
+    }
+    msg.recipient_tz = Some(plan.recipient_tz);
+    for rule in &plan.flags {
+        m::content_flag(rule);
+        state.audit.record(
+            crate::audit::Event::new(format!("key:{}", principal.key_id), "content.flag", msg.id.clone(), "accepted")
+                .detail(json!({"rule": rule})),
+        );
+    }
+    msg.flags = plan.flags.iter().map(|r| r.to_string()).collect();
     // Seal here, on the request's own task, rather than in the single writer thread.
-    msg.sealed = Some(crate::store::seal_content(state.store.crypto(), &msg));
-    Ok(msg)
+    msg.sealed = Some(crate::store::seal_content(crypto, &msg));
+    Ok((msg, plan.quotas))
+}
+
+/// The 422 for a compliance refusal; never echoes the matched text.
+fn rejection(r: Rejection) -> ApiError {
+    match r {
+        Rejection::OptedOut => {
+            m::compliance_rejection("recipient_opted_out");
+            ApiError::unprocessable("recipient_opted_out", "The recipient has opted out of messages from this sender.")
+                .field("to")
+        }
+        Rejection::ConsentRequired => {
+            m::compliance_rejection("consent_required");
+            ApiError::unprocessable("consent_required", "No recorded consent (opt-in) for this recipient.").field("to")
+        }
+        Rejection::Content(rule) => {
+            m::compliance_rejection("content_policy_violation");
+            ApiError::unprocessable(
+                "content_policy_violation",
+                format!("The body breaks the content rule '{rule}' (PHI must not be sent by SMS)."),
+            )
+            .field("body")
+        }
+        Rejection::FrequencyCap { next_allowed_ms, limit } => {
+            m::compliance_rejection("frequency_cap_exceeded");
+            ApiError::unprocessable(
+                "frequency_cap_exceeded",
+                format!(
+                    "This category's {limit} for this recipient is reached; the next message may go at {}.",
+                    crate::message::rfc3339(next_allowed_ms)
+                ),
+            )
+            .field("to")
+        }
+    }
 }
 
 /// Refuses what could not be stored or queued: full queues (429) or a disk below its floor (503).
@@ -112,7 +174,13 @@ fn quota_guard(principal: &Principal, messages: &[Message]) -> Option<QuotaGuard
     let limit = principal.daily_segments?;
     let day = jiff::Timestamp::now().strftime("%Y%m%d").to_string();
     let amount = messages.iter().map(|m| u64::from(m.segments)).sum();
-    Some(QuotaGuard { key: layout::usage(&principal.key_id, &day), amount, limit })
+    Some(QuotaGuard {
+        key: layout::usage(&principal.key_id, &day),
+        also: vec![],
+        amount,
+        limit,
+        label: "daily_quota".into(),
+    })
 }
 
 fn accepted_view(msg: &Message) -> Value {
@@ -124,6 +192,7 @@ async fn accept(
     state: &AppState,
     principal: &Principal,
     messages: Vec<Message>,
+    extra_quotas: Vec<QuotaGuard>,
     idempotency: Option<(String, String)>,
     status: StatusCode,
     response: Value,
@@ -138,7 +207,7 @@ async fn accept(
             };
             (layout::idempotency(&principal.key_id, &key), record)
         }),
-        quota: quota_guard(principal, &messages),
+        quotas: quota_guard(principal, &messages).into_iter().chain(extra_quotas).collect(),
     };
     let queued: Vec<_> = messages
         .iter()
@@ -162,11 +231,20 @@ async fn accept(
             Ok(json_response(status, &response))
         }
         Guarded::Replay(record) => replay(&record, &hash),
-        Guarded::QuotaExceeded { used, limit } => Err(ApiError::too_many(
+        Guarded::QuotaExceeded { label, used, limit } if label == "daily_quota" => Err(ApiError::too_many(
             "quota_exceeded",
             format!("This API key has used {used} of its {limit} segments for today (UTC)."),
             secs_to_midnight(),
         )),
+        // A per-recipient frequency cap filled up between the check and the commit.
+        Guarded::QuotaExceeded { label, .. } => {
+            m::compliance_rejection("frequency_cap_exceeded");
+            Err(ApiError::unprocessable(
+                "frequency_cap_exceeded",
+                format!("This category's {label} for this recipient is reached."),
+            )
+            .field("to"))
+        }
     }
 }
 
@@ -187,10 +265,16 @@ pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
     if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
         return answer;
     }
-    let msg = prepare(state, &principal, &value)?;
+    let (msg, quotas) = prepare(state, &principal, &value)?;
     check_capacity(state, std::slice::from_ref(&msg))?;
     let response = accepted_view(&msg);
-    accept(state, &principal, vec![msg], idem.map(|k| (k, hash)), StatusCode::ACCEPTED, response).await
+    let mut answer =
+        accept(state, &principal, vec![msg], quotas, idem.map(|k| (k, hash)), StatusCode::ACCEPTED, response.clone())
+            .await?;
+    if let Some(id) = response["id"].as_str() {
+        answer.extensions_mut().insert(super::AuditTarget(id.to_string()));
+    }
+    Ok(answer)
 }
 
 /// `POST /v1/messages/batch`: `{"messages": [...]}`, up to 1000; answers 200 with one result per
@@ -223,13 +307,15 @@ pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
     }
     let mut results = Vec::with_capacity(items.len());
     let mut accepted = Vec::new();
+    let mut quotas = Vec::new();
     for (index, item) in items.iter().enumerate() {
         match prepare(state, &principal, item) {
-            Ok(msg) => {
+            Ok((msg, q)) => {
                 let mut r = accepted_view(&msg);
                 r["index"] = json!(index);
                 results.push(r);
                 accepted.push(msg);
+                quotas.extend(q);
             }
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
             Err(e) => {
@@ -246,7 +332,11 @@ pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
     if accepted.is_empty() {
         return Ok(json_response(StatusCode::OK, &response));
     }
-    accept(state, &principal, accepted, idem.map(|k| (k, hash)), StatusCode::OK, response).await
+    let count = accepted.len();
+    let mut answer =
+        accept(state, &principal, accepted, quotas, idem.map(|k| (k, hash)), StatusCode::OK, response).await?;
+    answer.extensions_mut().insert(super::AuditTarget(format!("batch:{count}")));
+    Ok(answer)
 }
 
 fn owned_message(state: &AppState, principal: &Principal, id: &str) -> Result<Message, ApiError> {
@@ -264,7 +354,9 @@ fn owned_message(state: &AppState, principal: &Principal, id: &str) -> Result<Me
 pub fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
     let principal = authorize(state, req, Scope::Read)?;
     let msg = owned_message(state, &principal, id)?;
-    Ok(json_response(StatusCode::OK, &message_view(&msg)))
+    let mut r = json_response(StatusCode::OK, &message_view(&msg));
+    r.extensions_mut().insert(super::AuditTarget(id.to_string()));
+    Ok(r)
 }
 
 /// `DELETE /v1/messages/{id}`: cancels a message no part of which has left for the carrier.
@@ -285,7 +377,9 @@ pub async fn cancel(state: &AppState, req: &Request<Incoming>, id: &str) -> Hand
     match result.map_err(store_error)? {
         OpResult::Updated { .. } | OpResult::AlreadyFinal(Status::Cancelled) => {
             let msg = owned_message(state, &principal, id)?;
-            Ok(json_response(StatusCode::OK, &message_view(&msg)))
+            let mut r = json_response(StatusCode::OK, &message_view(&msg));
+            r.extensions_mut().insert(super::AuditTarget(id.to_string()));
+            Ok(r)
         }
         OpResult::AlreadySubmitted(_) => Err(submitted()),
         OpResult::AlreadyFinal(status) => Err(ApiError::conflict(

@@ -57,7 +57,15 @@ pub struct AppState {
     pub claims: Arc<crate::dispatch::Claims>,
     /// Free bytes on the data directory's file system, refreshed every second.
     pub disk_free_bytes: std::sync::atomic::AtomicU64,
+    /// Compliance rules.
+    pub compliance: Arc<crate::compliance::Compliance>,
+    /// The audit trail.
+    pub audit: crate::audit::Audit,
 }
+
+/// What a request acted on, for its audit entry (set by handlers as a response extension).
+#[derive(Debug, Clone)]
+pub struct AuditTarget(pub String);
 
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -128,11 +136,29 @@ pub async fn serve(
 
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, hsts: bool) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
+    // Who is calling, for the audit entry (the handler authorizes on its own).
+    let actor = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| match state.keys.authenticate(Some(h)) {
+            Ok(p) => format!("key:{}", p.key_id),
+            Err(_) => "invalid-key".to_string(),
+        })
+        .unwrap_or_else(|| "anonymous".to_string());
+    let method = req.method().clone();
     let (route, result) = route(&state, req).await;
     let mut response = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if !matches!(route, "healthz" | "readyz") {
+        let target = response.extensions().get::<AuditTarget>().map(|t| t.0.clone()).unwrap_or_default();
+        state.audit.record(
+            crate::audit::Event::new(actor, format!("api.{route}"), target, response.status().as_u16().to_string())
+                .detail(json!({"method": method.as_str()})),
+        );
+    }
     if hsts {
         response
             .headers_mut()

@@ -179,19 +179,24 @@ pub struct IdempotencyRecord {
 pub struct Guard {
     /// If an unexpired entry exists under `.0`, replay it; else store `.1` with the ops.
     pub idempotency: Option<(Vec<u8>, IdempotencyRecord)>,
-    /// Add `amount` to the u64 counter under `key`, refusing to pass `limit`.
-    pub quota: Option<QuotaGuard>,
+    /// Counters with ceilings (daily key quota, per-recipient frequency caps), checked in order.
+    pub quotas: Vec<QuotaGuard>,
 }
 
-/// A counter with a ceiling (per-key daily segment quota).
+/// A counter with a ceiling: `key` gets `amount` added unless that would bring `key` plus the
+/// `also` counters (a rolling window's other days) past `limit`.
 #[derive(Debug, Clone)]
 pub struct QuotaGuard {
     /// Counter key.
     pub key: Vec<u8>,
+    /// Other counters that count toward the same limit.
+    pub also: Vec<Vec<u8>>,
     /// What this request adds.
     pub amount: u64,
     /// Ceiling.
     pub limit: u64,
+    /// Caller's label, returned when this guard refuses.
+    pub label: String,
 }
 
 /// Outcome of a guarded commit.
@@ -201,8 +206,10 @@ pub enum Guarded {
     Applied(Vec<OpResult>),
     /// The same idempotency key was seen: here is what was answered then.
     Replay(IdempotencyRecord),
-    /// The quota would be exceeded; `used` so far.
+    /// A quota would be exceeded; `used` so far.
     QuotaExceeded {
+        /// The refusing guard's label.
+        label: String,
         /// Counter value now.
         used: u64,
         /// Ceiling.
@@ -360,6 +367,50 @@ impl Store {
             out.push(decode(&k, &v)?);
         }
         Ok(out)
+    }
+
+    /// Every (key, value) under a prefix, decoded.
+    pub fn scan_with_keys<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Values under a prefix, starting after `after` (exclusive), at most `limit`.
+    pub fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let start = match after {
+            Some(a) => {
+                let mut k = a.to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.inner.db.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), decode(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// A raw u64 counter (0 when absent).
+    pub fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.inner.db.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
 
     /// One auxiliary record.

@@ -111,13 +111,15 @@ fn commit_group(
 struct WriteSet<'a> {
     db: &'a sled::Db,
     messages: HashMap<String, Message>,
+    /// Status of each loaded message before this group, to spot changes for webhooks.
+    original: HashMap<String, Status>,
     raw: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     raw_index: HashMap<Vec<u8>, usize>,
 }
 
 impl<'a> WriteSet<'a> {
     fn new(db: &'a sled::Db) -> Self {
-        WriteSet { db, messages: HashMap::new(), raw: Vec::new(), raw_index: HashMap::new() }
+        WriteSet { db, messages: HashMap::new(), original: HashMap::new(), raw: Vec::new(), raw_index: HashMap::new() }
     }
 
     fn put(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
@@ -148,12 +150,31 @@ impl<'a> WriteSet<'a> {
                 return Ok(Guarded::Replay(existing));
             }
         }
-        if let Some(q) = &guard.quota {
-            let used = self.get_raw(&q.key)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-            if used + q.amount > q.limit {
-                return Ok(Guarded::QuotaExceeded { used, limit: q.limit });
+        let read = |set: &Self, k: &[u8]| -> Result<u64, StoreError> {
+            Ok(set.get_raw(k)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
+        };
+        // Check every quota before staging any increment, so a refusal leaves nothing behind.
+        let mut staged = Vec::with_capacity(guard.quotas.len());
+        for q in &guard.quotas {
+            let own = read(self, &q.key)?;
+            let mut used = own;
+            for k in &q.also {
+                used += read(self, k)?;
             }
-            self.put(q.key.clone(), Some((used + q.amount).to_be_bytes().to_vec()));
+            // Earlier guards of this request on the same counters count too.
+            used += staged
+                .iter()
+                .filter(|(k, _): &&(Vec<u8>, u64)| *k == q.key || q.also.contains(k))
+                .map(|(_, a)| *a)
+                .sum::<u64>();
+            if used + q.amount > q.limit {
+                return Ok(Guarded::QuotaExceeded { label: q.label.clone(), used, limit: q.limit });
+            }
+            staged.push((q.key.clone(), q.amount));
+        }
+        for (key, amount) in staged {
+            let now = read(self, &key)?;
+            self.put(key, Some((now + amount).to_be_bytes().to_vec()));
         }
         if let Some((key, record)) = &guard.idempotency {
             let value = encode(key, record)?;
@@ -170,6 +191,7 @@ impl<'a> WriteSet<'a> {
                 None => return Ok(None),
                 Some(v) => {
                     let msg: Message = decode(&key, &v)?;
+                    self.original.insert(id.to_string(), msg.status);
                     self.messages.insert(id.to_string(), msg);
                 }
             }
@@ -181,6 +203,7 @@ impl<'a> WriteSet<'a> {
         let now = now_ms();
         match op {
             Op::Insert(msg) => {
+                self.original.insert(msg.id.clone(), msg.status);
                 self.put(
                     layout::queue(msg.due_ms, msg.seq),
                     Some(layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms)),
@@ -356,7 +379,21 @@ impl<'a> WriteSet<'a> {
 
     /// Serialises the changed messages (sealing any content not sealed yet; the writer itself
     /// never opens content) and builds the sled batch.
-    fn finish(self, crypto: &crate::crypto::Crypto) -> Result<sled::Batch, StoreError> {
+    fn finish(mut self, crypto: &crate::crypto::Crypto) -> Result<sled::Batch, StoreError> {
+        // Status changes of messages with a webhook go to the outbox in this same batch.
+        let changed: Vec<String> = self
+            .messages
+            .iter()
+            .filter(|(id, m)| m.callback_url.is_some() && self.original.get(*id) != Some(&m.status))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in changed {
+            if let Some(Ok(Op::Put { key, value })) =
+                self.messages.get(&id).and_then(|m| crate::webhooks::status_op(crypto, m))
+            {
+                self.put(key, Some(value));
+            }
+        }
         let mut batch = sled::Batch::default();
         for (key, value) in self.raw {
             match value {
