@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::audit::{Audit, Event};
 use crate::auth::{ApiKey, KeyAdmin, KeyRing, Scope};
+use crate::config::Config;
 use crate::store::Store;
 
 /// A request over the socket.
@@ -51,6 +52,26 @@ pub enum AdminRequest {
         /// Key id.
         id: String,
     },
+    /// Change a key's content-rule action and webhook settings.
+    KeysSetPolicy {
+        /// Key id.
+        id: String,
+        /// `reject`, `flag`, or `default` (the configured action).
+        content_action: Option<String>,
+        /// Default webhook URL (`none` removes it).
+        webhook_url: Option<String>,
+        /// Whether webhooks may carry the body.
+        webhook_include_body: Option<bool>,
+    },
+    /// Add a data key to the key file, switch to it, and re-seal everything in the background.
+    RotateDataKey,
+    /// Every opt-out, numbers in clear, for CSV export.
+    OptOutsExport,
+    /// Record opt-outs (from a CSV import).
+    OptOutsImport {
+        /// (number, scope) pairs; scope `global` or a sender id.
+        rows: Vec<(String, String)>,
+    },
 }
 
 /// The answer.
@@ -68,6 +89,23 @@ pub enum AdminResponse {
     Keys {
         /// Every key.
         keys: Vec<ApiKey>,
+    },
+    /// The new data key's id.
+    Rotated {
+        /// Key id now sealing new data.
+        key_id: String,
+    },
+    /// Opt-out rows: number, scope, source, keyword, rule, recorded_by, at.
+    OptOuts {
+        /// Rows.
+        rows: Vec<Vec<String>>,
+    },
+    /// Import result.
+    Imported {
+        /// Rows recorded.
+        recorded: usize,
+        /// Rows refused (bad number), with their line.
+        refused: Vec<String>,
     },
     /// A key's limits changed.
     Updated {
@@ -93,25 +131,66 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Executes a request against an open store (server side, or the CLI when no server runs),
 /// and records it in the audit trail.
-pub async fn execute(store: &Store, ring: &KeyRing, audit: &Audit, actor: &str, req: AdminRequest) -> AdminResponse {
+pub async fn execute(
+    store: &Store,
+    ring: &KeyRing,
+    audit: &Audit,
+    config: &Config,
+    actor: &str,
+    req: AdminRequest,
+) -> AdminResponse {
     let action = op_name(&req);
     let target = match &req {
-        AdminRequest::KeysSetLimits { id, .. } | AdminRequest::KeysRevoke { id } => id.clone(),
+        AdminRequest::KeysSetLimits { id, .. }
+        | AdminRequest::KeysRevoke { id }
+        | AdminRequest::KeysSetPolicy { id, .. } => id.clone(),
         _ => String::new(),
     };
-    let answer = run_request(store, ring, req).await;
+    let answer = run_request(store, ring, config, req).await;
     let (target, outcome) = match &answer {
         AdminResponse::Created { key, .. } | AdminResponse::Updated { key } | AdminResponse::Revoked { key } => {
             (key.id.clone(), "ok".to_string())
         }
         AdminResponse::Error { message } => (target, format!("error: {message}")),
-        AdminResponse::Keys { .. } => (target, "ok".to_string()),
+        AdminResponse::Rotated { key_id } => (key_id.clone(), "ok".to_string()),
+        AdminResponse::Imported { recorded, refused } => {
+            (target, format!("recorded {recorded}, refused {}", refused.len()))
+        }
+        AdminResponse::Keys { .. } | AdminResponse::OptOuts { .. } => (target, "ok".to_string()),
     };
     audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
     answer
 }
 
-async fn run_request(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminResponse {
+async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminRequest) -> AdminResponse {
+    match req {
+        AdminRequest::RotateDataKey => return rotate(store, config).await,
+        AdminRequest::OptOutsExport => {
+            return match crate::compliance::registry::list_optouts(store) {
+                Ok(list) => AdminResponse::OptOuts {
+                    rows: list
+                        .into_iter()
+                        .map(|(n, e)| {
+                            let scope =
+                                if e.scope == crate::compliance::registry::GLOBAL { "global".into() } else { e.scope };
+                            vec![
+                                n,
+                                scope,
+                                e.source,
+                                e.keyword.unwrap_or_default(),
+                                e.rule.unwrap_or_default(),
+                                e.actor,
+                                crate::message::rfc3339(e.at_ms),
+                            ]
+                        })
+                        .collect(),
+                },
+                Err(e) => AdminResponse::Error { message: e.to_string() },
+            };
+        }
+        AdminRequest::OptOutsImport { rows } => return import(store, rows).await,
+        _ => {}
+    }
     let admin = KeyAdmin { store, ring };
     let result = match req {
         AdminRequest::KeysCreate { name, scopes, rate_per_sec, daily_segments } => {
@@ -127,20 +206,95 @@ async fn run_request(store: &Store, ring: &KeyRing, req: AdminRequest) -> AdminR
             admin.set_limits(&id, rate_per_sec, daily_segments).await.map(|key| AdminResponse::Updated { key })
         }
         AdminRequest::KeysList => Ok(AdminResponse::Keys { keys: ring.list() }),
+        AdminRequest::KeysSetPolicy { id, content_action, webhook_url, webhook_include_body } => admin
+            .set_policy(&id, content_action.as_deref(), webhook_url.as_deref(), webhook_include_body)
+            .await
+            .map(|key| AdminResponse::Updated { key }),
+        AdminRequest::RotateDataKey | AdminRequest::OptOutsExport | AdminRequest::OptOutsImport { .. } => {
+            Err(crate::auth::KeyAdminError::Invalid("handled above".into()))
+        }
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
     };
     result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
 }
 
+/// Appends a data key to the key file, switches the store to it and re-seals in the background.
+async fn rotate(store: &Store, config: &Config) -> AdminResponse {
+    let Some(path) = config.crypto.key_file.as_ref() else {
+        return AdminResponse::Error {
+            message: "keys come from an environment variable: add a key line there and restart".into(),
+        };
+    };
+    let line = store.crypto().next_key_line();
+    let appended = (|| -> Result<crate::crypto::Crypto, String> {
+        use std::io::Write;
+        let mut f =
+            std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(f, "{line}").and_then(|_| f.sync_all()).map_err(|e| e.to_string())?;
+        crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string())
+    })();
+    match appended {
+        Ok(crypto) => {
+            let key_id = crypto.current_key().to_string();
+            store.set_crypto(crypto);
+            // Re-seal now rather than at the next hourly pass.
+            match crate::maintenance::pass(store, &config.retention, crate::message::now_ms()).await {
+                Ok(r) => info!(resealed = r.resealed, "re-sealed under the new data key"),
+                Err(e) => tracing::warn!(error = %e, "re-sealing failed; the next maintenance pass retries"),
+            }
+            AdminResponse::Rotated { key_id }
+        }
+        Err(message) => AdminResponse::Error { message },
+    }
+}
+
+async fn import(store: &Store, rows: Vec<(String, String)>) -> AdminResponse {
+    let crypto = store.crypto();
+    let now = crate::message::now_ms();
+    let mut ops = Vec::new();
+    let mut refused = Vec::new();
+    for (i, (number, scope)) in rows.iter().enumerate() {
+        let Ok(n) = crate::phone::E164::from_trusted(number.trim()) else {
+            refused.push(format!("row {}: not an E.164 number", i + 1));
+            continue;
+        };
+        let scope = match scope.trim() {
+            "" | "global" => crate::compliance::registry::GLOBAL.to_string(),
+            s => s.to_string(),
+        };
+        match crate::compliance::registry::optout_op(
+            &crypto,
+            n.as_str(),
+            &scope,
+            "import",
+            None,
+            None,
+            "cli",
+            now,
+            true,
+        ) {
+            Ok((op, _)) => ops.push(op),
+            Err(e) => return AdminResponse::Error { message: e.to_string() },
+        }
+    }
+    let recorded = ops.len();
+    for chunk in ops.chunks(1000) {
+        if let Err(e) = store.commit(chunk.to_vec()).await {
+            return AdminResponse::Error { message: e.to_string() };
+        }
+    }
+    AdminResponse::Imported { recorded, refused }
+}
+
 /// Starts the socket server.
 pub fn serve(
-    data_dir: &Path,
+    config: Arc<Config>,
     store: Store,
     ring: Arc<KeyRing>,
     audit: Audit,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let path = socket_path(data_dir);
+    let path = socket_path(&config.data_dir);
     tokio::spawn(async move {
         let _ = std::fs::remove_file(&path);
         let listener = match UnixListener::bind(&path) {
@@ -162,6 +316,7 @@ pub fn serve(
             let store = store.clone();
             let ring = ring.clone();
             let audit = audit.clone();
+            let config = config.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
@@ -170,7 +325,7 @@ pub fn serve(
                     Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(req) => {
                             info!(op = ?op_name(&req), "admin request");
-                            execute(&store, &ring, &audit, "admin-socket", req).await
+                            execute(&store, &ring, &audit, &config, "admin-socket", req).await
                         }
                         Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
                     },
@@ -189,6 +344,10 @@ fn op_name(req: &AdminRequest) -> &'static str {
     match req {
         AdminRequest::KeysCreate { .. } => "keys_create",
         AdminRequest::KeysSetLimits { .. } => "keys_set_limits",
+        AdminRequest::KeysSetPolicy { .. } => "keys_set_policy",
+        AdminRequest::RotateDataKey => "rotate_data_key",
+        AdminRequest::OptOutsExport => "optouts_export",
+        AdminRequest::OptOutsImport { .. } => "optouts_import",
         AdminRequest::KeysList => "keys_list",
         AdminRequest::KeysRevoke { .. } => "keys_revoke",
     }

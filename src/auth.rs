@@ -107,6 +107,8 @@ pub struct Principal {
     pub content_action: Option<crate::config::ContentAction>,
     /// Its default webhook.
     pub webhook_url: Option<String>,
+    /// Whether its webhooks may carry bodies.
+    pub webhook_include_body: bool,
 }
 
 impl Principal {
@@ -212,6 +214,7 @@ impl KeyRing {
             daily_segments: key.daily_segments,
             content_action: key.content_action,
             webhook_url: key.webhook_url.clone(),
+            webhook_include_body: key.webhook_include_body,
         })
     }
 
@@ -305,6 +308,43 @@ impl KeyAdmin<'_> {
         }
         if let Some(d) = daily_segments {
             key.daily_segments = (d > 0).then_some(d);
+        }
+        self.save(&key).await?;
+        Ok(key)
+    }
+
+    /// Sets a key's content-rule action (`reject`, `flag`, `default`) and webhook settings.
+    pub async fn set_policy(
+        &self,
+        id: &str,
+        content_action: Option<&str>,
+        webhook_url: Option<&str>,
+        include_body: Option<bool>,
+    ) -> Result<ApiKey, KeyAdminError> {
+        let mut key = self.ring.get(id).ok_or_else(|| KeyAdminError::NotFound(id.to_string()))?;
+        match content_action {
+            None => {}
+            Some("default") => key.content_action = None,
+            Some("reject") => key.content_action = Some(crate::config::ContentAction::Reject),
+            Some("flag") => key.content_action = Some(crate::config::ContentAction::Flag),
+            Some(other) => {
+                return Err(KeyAdminError::Invalid(format!("content action '{other}': use reject, flag or default")));
+            }
+        }
+        match webhook_url {
+            None => {}
+            Some("none") => key.webhook_url = None,
+            Some(url)
+                if url.starts_with("https://")
+                    || url.starts_with("http://127.0.0.1")
+                    || url.starts_with("http://localhost") =>
+            {
+                key.webhook_url = Some(url.to_string())
+            }
+            Some(_) => return Err(KeyAdminError::Invalid("webhook URL: https:// only (http:// to localhost)".into())),
+        }
+        if let Some(b) = include_body {
+            key.webhook_include_body = b;
         }
         self.save(&key).await?;
         Ok(key)

@@ -40,6 +40,24 @@ pub enum Command {
         #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
         config: PathBuf,
     },
+    /// Export or import the opt-out registry as CSV.
+    Optouts {
+        /// Action.
+        #[command(subcommand)]
+        action: OptoutsCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
+    /// Check or export the audit trail.
+    Audit {
+        /// Action.
+        #[command(subcommand)]
+        action: AuditCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
     /// Run the SMSC simulator alone.
     SmscSim(Box<SimArgs>),
     /// Validate a config file and explain every problem.
@@ -89,6 +107,60 @@ pub enum KeysCommand {
     Revoke {
         /// Key id (from `keys list`).
         id: String,
+    },
+    /// Admin: a key's content-rule action and webhook settings.
+    SetPolicy {
+        /// Key id.
+        id: String,
+        /// reject, flag, or default (the configured action).
+        #[arg(long)]
+        content_action: Option<String>,
+        /// Default webhook URL for the key's messages (`none` removes it).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Let the key's webhooks carry message bodies.
+        #[arg(long)]
+        webhook_include_body: Option<bool>,
+    },
+    /// Add a data key, seal new data with it and re-seal the stored data in the background.
+    RotateDataKey,
+    /// Write a new data key file (refuses to overwrite).
+    InitDataKeys {
+        /// Where (mode 0600; keep it outside the data directory).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `optouts` actions.
+#[derive(Debug, Subcommand)]
+pub enum OptoutsCommand {
+    /// Write every opt-out as CSV: number,scope,source,keyword,rule,recorded_by,at.
+    Export {
+        /// Output file (`-` for stdout).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Record opt-outs from a CSV whose first column is the number and optional second the scope.
+    Import {
+        /// CSV file (a header row is skipped if its first cell is not a number).
+        file: PathBuf,
+    },
+}
+
+/// `audit` actions.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; name the first broken entry.
+    Verify,
+    /// Copy the trail (JSON lines) for a SIEM.
+    Export {
+        /// Output file (`-` for stdout).
+        #[arg(long)]
+        out: PathBuf,
+        /// Only entries at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -188,7 +260,10 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo(args) => crate::demo::run(args.config.as_deref()).await,
         Command::Serve(args) => serve(&args.config).await,
+        Command::Keys { action: KeysCommand::InitDataKeys { out }, .. } => init_data_keys(&out),
         Command::Keys { action, config } => keys(action, &config).await,
+        Command::Optouts { action, config } => optouts(action, &config).await,
+        Command::Audit { action, config } => audit(action, &config),
         Command::SmscSim(args) => smsc_sim(*args).await,
         Command::CheckConfig(args) => check_config(&args.config),
     }
@@ -247,6 +322,34 @@ fn check_config(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sends an admin request to the running server, or executes it on the store directly.
+async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminResponse> {
+    if let Some(a) = admin::request(&config.data_dir, &request).await? {
+        return Ok(a);
+    }
+    let crypto = std::sync::Arc::new(config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?);
+    let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let ring = KeyRing::load(&store)?;
+    let audit = crate::audit::Audit::open(&config.data_dir)?;
+    let answer = admin::execute(&store, &ring, &audit, config, "direct", request).await;
+    audit.flush();
+    Ok(answer)
+}
+
+fn init_data_keys(out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; refusing to overwrite data keys", out.display());
+    }
+    crate::fsutil::write_private(out, crate::crypto::Crypto::generate_file_text().as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} (mode 0600). Back it up apart from the data: without it nothing stored can be read.",
+        out.display()
+    );
+    Ok(())
+}
+
 async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let request = match action {
@@ -260,22 +363,15 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
             }
             AdminRequest::KeysSetLimits { id, rate_per_sec: rate, daily_segments: daily_quota }
         }
+        KeysCommand::SetPolicy { id, content_action, webhook_url, webhook_include_body } => {
+            AdminRequest::KeysSetPolicy { id, content_action, webhook_url, webhook_include_body }
+        }
+        KeysCommand::RotateDataKey => AdminRequest::RotateDataKey,
+        KeysCommand::InitDataKeys { .. } => bail!("init-data-keys needs no config"),
         KeysCommand::List => AdminRequest::KeysList,
         KeysCommand::Revoke { id } => AdminRequest::KeysRevoke { id },
     };
-    let answer = match admin::request(&config.data_dir, &request).await? {
-        Some(a) => a,
-        None => {
-            let crypto = std::sync::Arc::new(config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?);
-            let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-            let ring = KeyRing::load(&store)?;
-            let audit = crate::audit::Audit::open(&config.data_dir)?;
-            let answer = admin::execute(&store, &ring, &audit, "direct", request).await;
-            audit.flush();
-            answer
-        }
-    };
+    let answer = admin_call(&config, request).await?;
     match answer {
         AdminResponse::Created { key, token } => {
             println!(
@@ -304,7 +400,99 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
             }
         }
         AdminResponse::Revoked { key } => println!("revoked {}", key.id),
+        AdminResponse::Rotated { key_id } => println!("new data key {key_id} in use; stored data re-sealed"),
         AdminResponse::Error { message } => bail!(message),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    Ok(())
+}
+
+fn output(out: &Path) -> Result<Box<dyn std::io::Write>> {
+    if out == Path::new("-") {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    Ok(Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?))
+}
+
+async fn optouts(action: OptoutsCommand, config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    match action {
+        OptoutsCommand::Export { out } => {
+            let AdminResponse::OptOuts { rows } = admin_call(&config, AdminRequest::OptOutsExport).await? else {
+                bail!("the export failed");
+            };
+            let mut w = csv::Writer::from_writer(output(&out)?);
+            w.write_record(["number", "scope", "source", "keyword", "rule", "recorded_by", "at"])?;
+            for r in &rows {
+                w.write_record(r)?;
+            }
+            w.flush()?;
+            eprintln!("exported {} opt-out(s)", rows.len());
+        }
+        OptoutsCommand::Import { file } => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_path(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut rows = Vec::new();
+            for (i, record) in reader.records().enumerate() {
+                let record = record.with_context(|| format!("{}: line {}", file.display(), i + 1))?;
+                let number = record.get(0).unwrap_or("").trim().to_string();
+                if i == 0 && !number.starts_with('+') {
+                    continue; // header
+                }
+                rows.push((number, record.get(1).unwrap_or("").to_string()));
+            }
+            match admin_call(&config, AdminRequest::OptOutsImport { rows }).await? {
+                AdminResponse::Imported { recorded, refused } => {
+                    println!("recorded {recorded} opt-out(s)");
+                    for r in &refused {
+                        eprintln!("refused {r}");
+                    }
+                }
+                AdminResponse::Error { message } => bail!(message),
+                other => bail!("unexpected answer: {other:?}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn audit(action: AuditCommand, config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let path = crate::audit::log_path(&config.data_dir);
+    match action {
+        AuditCommand::Verify => match crate::audit::verify(&path)? {
+            crate::audit::Verification::Intact { entries, head } => {
+                println!("{}: intact, {entries} entries, head {head}", path.display());
+            }
+            crate::audit::Verification::Broken { line, seq, reason } => {
+                let seq = seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+                bail!("{}: chain broken at line {line}{seq}: {reason}", path.display());
+            }
+        },
+        AuditCommand::Export { out, since } => {
+            let since =
+                since.map(|s| s.parse::<jiff::Timestamp>().with_context(|| format!("--since {s}"))).transpose()?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut w = output(&out)?;
+            let mut n = 0;
+            for line in text.lines() {
+                let keep = match since {
+                    None => true,
+                    Some(t) => serde_json::from_str::<crate::audit::Entry>(line)
+                        .ok()
+                        .and_then(|e| e.at.parse::<jiff::Timestamp>().ok())
+                        .is_some_and(|at| at >= t),
+                };
+                if keep {
+                    writeln!(w, "{line}")?;
+                    n += 1;
+                }
+            }
+            eprintln!("exported {n} audit entries");
+        }
     }
     Ok(())
 }

@@ -405,6 +405,13 @@ pub struct RetentionConfig {
     /// Days metadata (status history, numbers sealed) is kept; 2190 = HIPAA's 6 years.
     #[serde(default = "default_metadata_days")]
     pub metadata_days: u64,
+    /// Seconds between retention / re-sealing passes.
+    #[serde(default = "default_sweep_interval")]
+    pub sweep_interval_secs: u64,
+}
+
+fn default_sweep_interval() -> u64 {
+    3600
 }
 
 fn default_body_days() -> u64 {
@@ -420,6 +427,7 @@ impl Default for RetentionConfig {
             body_days: default_body_days(),
             inbound_days: default_body_days(),
             metadata_days: default_metadata_days(),
+            sweep_interval_secs: default_sweep_interval(),
         }
     }
 }
@@ -798,6 +806,12 @@ impl Config {
             p.push(format!("crypto: {e}"));
         }
         p.extend(self.validate_compliance());
+        if self.retention.metadata_days < self.retention.body_days {
+            p.push("retention.metadata_days: must be at least body_days".into());
+        }
+        if self.retention.sweep_interval_secs == 0 {
+            p.push("retention.sweep_interval_secs: at least 1".into());
+        }
         if let Some(kf) = &self.crypto.key_file
             && kf.starts_with(&self.data_dir)
         {

@@ -328,7 +328,7 @@ impl Dispatcher {
             return Ok(false);
         }
         // Opt-outs and consent may have changed since accept; a retry may fall in quiet hours.
-        match self.compliance.check_dispatch(&self.store, self.store.crypto(), &msg, now)? {
+        match self.compliance.check_dispatch(&self.store, &self.store.crypto(), &msg, now)? {
             DispatchVerdict::Proceed => {}
             DispatchVerdict::Block(code) => {
                 let text = match code {

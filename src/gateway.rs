@@ -173,6 +173,12 @@ impl Gateway {
         }
         tasks.push(tokio::spawn(watch_disk(state.clone(), shutdown_rx.clone())));
         tasks.push(tokio::spawn(sweep_hourly(store.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::maintenance::run(
+            store.clone(),
+            config.retention.clone(),
+            Duration::from_secs(config.retention.sweep_interval_secs),
+            shutdown_rx.clone(),
+        )));
         let api_listener =
             TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
@@ -211,7 +217,7 @@ impl Gateway {
                 }
             }
         })));
-        tasks.push(admin::serve(&config.data_dir, store.clone(), keys.clone(), audit.clone(), shutdown_rx.clone()));
+        tasks.push(admin::serve(config.clone(), store.clone(), keys.clone(), audit.clone(), shutdown_rx.clone()));
         info!(api = %api_addr, metrics = %metrics_addr, queued = queues.total(), "smsgate started");
         Ok(Gateway {
             api_addr,

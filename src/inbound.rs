@@ -190,7 +190,7 @@ impl Inbound {
                 detail: Some("auto_reply".into()),
             }],
         };
-        msg.sealed = Some(crate::store::seal_content(self.store.crypto(), &msg));
+        msg.sealed = Some(crate::store::seal_content(&self.store.crypto(), &msg));
         Ok(msg)
     }
 

@@ -69,10 +69,23 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     let seq = state.store.next_seq().map_err(store_error)?;
     let mut msg =
         send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
+    if msg.callback_url.is_none() {
+        msg.callback_url = principal.webhook_url.clone();
+    }
+    if msg.callback_url.is_some()
+        && state.config.webhooks.secret_file.is_none()
+        && state.config.webhooks.secret_env.is_none()
+    {
+        return Err(ApiError::invalid(
+            "callback_url",
+            "Webhooks are not configured on this gateway (no signing secret).",
+        ));
+    }
+    msg.webhook_body = principal.webhook_include_body;
     let crypto = state.store.crypto();
     let plan = state
         .compliance
-        .check_accept(&state.store, crypto, &msg, None, principal.content_action)
+        .check_accept(&state.store, &crypto, &msg, None, principal.content_action)
         .map_err(store_error)?
         .map_err(rejection)?;
     if let Some(due) = plan.due_ms {
@@ -96,7 +109,7 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     }
     msg.flags = plan.flags.iter().map(|r| r.to_string()).collect();
     // Seal here, on the request's own task, rather than in the single writer thread.
-    msg.sealed = Some(crate::store::seal_content(crypto, &msg));
+    msg.sealed = Some(crate::store::seal_content(&crypto, &msg));
     Ok((msg, plan.quotas))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod error;
 mod messages;
+mod registry;
 pub mod send;
 
 use std::collections::BTreeMap;
@@ -187,6 +188,31 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Handl
             let id = id.to_string();
             ("cancel_message", messages::cancel(state, &req, &id).await)
         }
+        (["v1", "inbound"], &Method::GET) => ("list_inbound", registry::list_inbound(state, &req)),
+        (["v1", "opt-outs"], &Method::GET) => ("list_optouts", registry::list_optouts(state, &req)),
+        (["v1", "opt-outs", n], &Method::GET) => {
+            let n = n.to_string();
+            ("get_optout", registry::get_optout(state, &req, &n))
+        }
+        (["v1", "opt-outs", n], &Method::PUT) => {
+            let n = n.to_string();
+            ("put_optout", registry::put_optout(state, req, &n).await)
+        }
+        (["v1", "opt-outs", n], &Method::DELETE) => {
+            let n = n.to_string();
+            ("delete_optout", registry::delete_optout(state, &req, &n).await)
+        }
+        (["v1", "consents", n], &Method::PUT) => {
+            let n = n.to_string();
+            ("put_consent", registry::put_consent(state, req, &n).await)
+        }
+        (["v1", "consents", n], &Method::DELETE) => {
+            let n = n.to_string();
+            ("delete_consent", registry::delete_consent(state, &req, &n).await)
+        }
+        (["v1", "inbound"] | ["v1", "opt-outs"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
+        (["v1", "opt-outs", _], _) => ("other", Err(ApiError::method_not_allowed("GET, PUT or DELETE"))),
+        (["v1", "consents", _], _) => ("other", Err(ApiError::method_not_allowed("PUT or DELETE"))),
         (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
         (["v1", "messages"] | ["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed("POST"))),
         (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed("GET or DELETE"))),

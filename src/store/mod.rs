@@ -117,6 +117,20 @@ pub enum Op {
         /// Message id.
         id: String,
     },
+    /// Replace a message's sealed content (re-sealed under a new key, or purged of its body).
+    SetSealed {
+        /// Message id.
+        id: String,
+        /// The new sealed content.
+        sealed: crate::crypto::Sealed,
+        /// Set when retention purged the body.
+        purged_ms: Option<u64>,
+    },
+    /// Delete a message record and its carrier-id index entries (retention of metadata).
+    DeleteMessage {
+        /// Message id.
+        id: String,
+    },
     /// Remove an auxiliary record (expired idempotency entries, old counters).
     Delete {
         /// Full key.
@@ -249,8 +263,11 @@ struct Inner {
     path: PathBuf,
     tx: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
-    crypto: Arc<Crypto>,
+    crypto: KeyHandle,
 }
+
+/// The data keys, swappable at run time (key rotation) without reopening the store.
+pub type KeyHandle = Arc<std::sync::RwLock<Arc<Crypto>>>;
 
 /// Tuning for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -290,6 +307,7 @@ impl Store {
         let log = File::open(path.join("db")).map_err(|e| StoreError::Io(format!("open sled log: {e}")))?;
         let (tx, rx) = mpsc::channel(16_384);
         let stats = Arc::new(WriterStats::default());
+        let crypto: KeyHandle = Arc::new(std::sync::RwLock::new(crypto));
         writer::spawn(db.clone(), log, rx, options.group_commit_max.max(1), stats.clone(), crypto.clone())?;
         Ok(Store { inner: Arc::new(Inner { db, path, tx, stats, crypto }) })
     }
@@ -333,15 +351,26 @@ impl Store {
             None => Ok(None),
             Some(v) => {
                 let mut msg: Message = decode(&key, &v)?;
-                msg.content = open_content(&self.inner.crypto, &key, msg.sealed.as_ref())?;
+                msg.content = open_content(&self.crypto(), &key, msg.sealed.as_ref())?;
                 Ok(Some(msg))
             }
         }
     }
 
     /// The data keys (for sealing before commit and for blind indexes).
-    pub fn crypto(&self) -> &Arc<Crypto> {
-        &self.inner.crypto
+    pub fn crypto(&self) -> Arc<Crypto> {
+        match self.inner.crypto.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the data keys (after a rotation added one); new data is sealed with its
+    /// current key, old data still opens with the older ones it keeps.
+    pub fn set_crypto(&self, crypto: Crypto) {
+        if let Ok(mut c) = self.inner.crypto.write() {
+            *c = Arc::new(crypto);
+        }
     }
 
     /// Every queue entry in due order (for rebuilding the scheduler at startup).

@@ -35,7 +35,7 @@ pub(super) fn spawn(
     mut rx: mpsc::Receiver<Request>,
     max_ops: usize,
     stats: Arc<WriterStats>,
-    crypto: Arc<crate::crypto::Crypto>,
+    crypto: super::KeyHandle,
 ) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("store-writer".into())
@@ -52,7 +52,11 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                commit_group(&db, &log, requests, &stats, &crypto);
+                let keys = match crypto.read() {
+                    Ok(c) => c.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                commit_group(&db, &log, requests, &stats, &keys);
             }
             // Channel closed: every Store handle is gone. Leave sled consistent.
             let _ = db.flush();
@@ -217,6 +221,34 @@ impl<'a> WriteSet<'a> {
             }
             Op::Delete { key } => {
                 self.put(key.clone(), None);
+                Ok(OpResult::Done)
+            }
+            Op::SetSealed { id, sealed, purged_ms } => {
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                msg.sealed = Some(sealed.clone());
+                if purged_ms.is_some() {
+                    msg.purged_ms = *purged_ms;
+                }
+                Ok(OpResult::Done)
+            }
+            Op::DeleteMessage { id } => {
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                let mut keys = vec![layout::queue(msg.due_ms, msg.seq)];
+                if let Some(carrier) = &msg.carrier {
+                    for part in msg.parts.iter().filter_map(|p| p.carrier_message_id.as_ref()) {
+                        keys.push(layout::carrier_id(carrier, part));
+                    }
+                }
+                self.messages.remove(id);
+                self.original.remove(id);
+                for k in keys {
+                    self.put(k, None);
+                }
+                self.put(layout::message(id), None);
                 Ok(OpResult::Done)
             }
             Op::Cancel { id } => {

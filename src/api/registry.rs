@@ -1,0 +1,229 @@
+//! `/v1/opt-outs`, `/v1/consents` and `/v1/inbound`.
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{AppState, AuditTarget, Handled, MAX_BODY_BYTES, authorize, json_response, read_json, store_error};
+use crate::audit::Event;
+use crate::auth::{Principal, Scope};
+use crate::compliance::registry::{self, GLOBAL, OptOutEntry};
+use crate::message::{now_ms, rfc3339};
+use crate::phone::E164;
+use crate::store::Op;
+
+fn number(raw: &str) -> Result<E164, ApiError> {
+    // The path segment may arrive percent-encoded (%2B for '+').
+    let decoded = raw.replace("%2B", "+").replace("%2b", "+");
+    E164::from_trusted(&decoded).map_err(|_| {
+        ApiError::invalid("e164", "The path must end in an E.164 number, e.g. /v1/opt-outs/%2B14155550123.")
+    })
+}
+
+fn optout_view(number: &str, e: &OptOutEntry) -> Value {
+    let mut v = json!({
+        "number": number, "scope": if e.scope == GLOBAL { "global" } else { e.scope.as_str() },
+        "source": e.source, "recorded_by": e.actor, "at": rfc3339(e.at_ms),
+    });
+    if let Some(k) = &e.keyword {
+        v["keyword"] = json!(k);
+    }
+    if let Some(r) = &e.rule {
+        v["rule"] = json!(r);
+    }
+    v
+}
+
+fn audit(state: &AppState, p: &Principal, action: &str, idx: &str, outcome: &str) {
+    state.audit.record(Event::new(format!("key:{}", p.key_id), action, format!("idx:{idx}"), outcome));
+}
+
+fn with_target(
+    mut r: hyper::Response<http_body_util::Full<bytes::Bytes>>,
+    idx: &str,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    r.extensions_mut().insert(AuditTarget(format!("idx:{idx}")));
+    r
+}
+
+/// `GET /v1/opt-outs/{e164}`: the number's opt-outs (all scopes).
+pub fn get_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+    authorize(state, req, Scope::Optouts)?;
+    let n = number(raw)?;
+    let idx = state.store.crypto().blind_index(n.as_str());
+    let entries: Vec<Value> = state
+        .store
+        .scan_with_keys::<OptOutEntry>(registry::OPTOUT)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|(k, _)| k.ends_with(idx.as_bytes()))
+        .map(|(_, e)| optout_view(n.as_str(), &e))
+        .collect();
+    if entries.is_empty() {
+        return Err(ApiError::not_found("opt-out for this number"));
+    }
+    Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "opt_outs": entries})), &idx))
+}
+
+/// `GET /v1/opt-outs?after=NUMBER&limit=N`: the registry, ordered by number.
+pub fn list_optouts(state: &AppState, req: &Request<Incoming>) -> Handled {
+    authorize(state, req, Scope::Optouts)?;
+    let q = query(req);
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
+    let mut all = registry::list_optouts(&state.store).map_err(store_error)?;
+    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.scope.cmp(&b.1.scope)));
+    let after = q.get("after").map(|a| a.replace("%2B", "+"));
+    let page: Vec<Value> = all
+        .iter()
+        .filter(|(n, _)| after.as_ref().is_none_or(|a| n > a))
+        .take(limit)
+        .map(|(n, e)| optout_view(n, e))
+        .collect();
+    let next =
+        (page.len() == limit).then(|| page.last().and_then(|v| v["number"].as_str().map(String::from))).flatten();
+    Ok(json_response(StatusCode::OK, &json!({"opt_outs": page, "next": next})))
+}
+
+/// `PUT /v1/opt-outs/{e164}` `{"scope": "global" | "<sender id>"}`: records an opt-out.
+pub async fn put_optout(state: &AppState, req: Request<Incoming>, raw: &str) -> Handled {
+    let p = authorize(state, &req, Scope::Optouts)?;
+    let n = number(raw)?;
+    let (_, body) = read_json(req, MAX_BODY_BYTES).await.unwrap_or_else(|_| (bytes::Bytes::new(), json!({})));
+    let scope = match body.get("scope").and_then(Value::as_str) {
+        None | Some("global") => GLOBAL.to_string(),
+        Some(s) if !s.is_empty() && s.len() <= 15 => s.to_string(),
+        Some(_) => return Err(ApiError::invalid("scope", "'scope' is \"global\" or a sender id.")),
+    };
+    let crypto = state.store.crypto();
+    let (op, entry) = registry::optout_op(
+        &crypto,
+        n.as_str(),
+        &scope,
+        "api",
+        None,
+        None,
+        &format!("key:{}", p.key_id),
+        now_ms(),
+        true,
+    )
+    .map_err(store_error)?;
+    let idx = crypto.blind_index(n.as_str());
+    state.store.commit(vec![op, Op::Delete { key: registry::consent_key(&idx) }]).await.map_err(store_error)?;
+    crate::metrics::optout("API");
+    audit(state, &p, "optout.api", &idx, "recorded");
+    Ok(with_target(json_response(StatusCode::OK, &optout_view(n.as_str(), &entry)), &idx))
+}
+
+/// `DELETE /v1/opt-outs/{e164}?scope=…`: removes opt-outs (all scopes unless given).
+pub async fn delete_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+    let p = authorize(state, req, Scope::Optouts)?;
+    let n = number(raw)?;
+    let idx = state.store.crypto().blind_index(n.as_str());
+    let wanted = query(req).get("scope").map(|s| if s == "global" { GLOBAL.to_string() } else { s.clone() });
+    let keys: Vec<Vec<u8>> = state
+        .store
+        .scan_with_keys::<OptOutEntry>(registry::OPTOUT)
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|(k, e)| k.ends_with(idx.as_bytes()) && wanted.as_ref().is_none_or(|w| *w == e.scope))
+        .map(|(k, _)| k)
+        .collect();
+    if keys.is_empty() {
+        return Err(ApiError::not_found("opt-out for this number"));
+    }
+    let removed = keys.len();
+    state.store.commit(keys.into_iter().map(|key| Op::Delete { key }).collect()).await.map_err(store_error)?;
+    audit(state, &p, "optout.delete", &idx, "removed");
+    Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "removed": removed})), &idx))
+}
+
+/// `PUT /v1/consents/{e164}` `{"source": "…", "consented_at": "RFC 3339"}`.
+pub async fn put_consent(state: &AppState, req: Request<Incoming>, raw: &str) -> Handled {
+    let p = authorize(state, &req, Scope::Optouts)?;
+    let n = number(raw)?;
+    let (_, body) = read_json(req, MAX_BODY_BYTES).await?;
+    let source = body
+        .get("source")
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty() && s.len() <= 200)
+        .ok_or_else(|| ApiError::missing("source"))?;
+    let consented_ms = match body.get("consented_at") {
+        None | Some(Value::Null) => now_ms(),
+        Some(Value::String(s)) => s
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| u64::try_from(t.as_millisecond()).ok())
+            .filter(|&ms| ms <= now_ms() + 60_000)
+            .ok_or_else(|| {
+                ApiError::invalid("consented_at", "'consented_at' is an RFC 3339 time, not in the future.")
+            })?,
+        Some(_) => return Err(ApiError::invalid("consented_at", "'consented_at' must be a string.")),
+    };
+    let crypto = state.store.crypto();
+    let now = now_ms();
+    let op = registry::consent_op(&crypto, n.as_str(), source, consented_ms, &format!("key:{}", p.key_id), now)
+        .map_err(store_error)?;
+    state.store.commit_one(op).await.map_err(store_error)?;
+    let idx = crypto.blind_index(n.as_str());
+    audit(state, &p, "consent.put", &idx, "recorded");
+    let view = json!({"number": n.as_str(), "source": source, "consented_at": rfc3339(consented_ms), "recorded_at": rfc3339(now)});
+    Ok(with_target(json_response(StatusCode::OK, &view), &idx))
+}
+
+/// `DELETE /v1/consents/{e164}`.
+pub async fn delete_consent(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+    let p = authorize(state, req, Scope::Optouts)?;
+    let n = number(raw)?;
+    let idx = state.store.crypto().blind_index(n.as_str());
+    if !registry::has_consent(&state.store, &idx).map_err(store_error)? {
+        return Err(ApiError::not_found("consent for this number"));
+    }
+    state.store.commit_one(Op::Delete { key: registry::consent_key(&idx) }).await.map_err(store_error)?;
+    audit(state, &p, "consent.delete", &idx, "removed");
+    Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "removed": true})), &idx))
+}
+
+/// `GET /v1/inbound?after=CURSOR&limit=N`: inbound texts, oldest first.
+pub fn list_inbound(state: &AppState, req: &Request<Incoming>) -> Handled {
+    authorize(state, req, Scope::Read)?;
+    let q = query(req);
+    let after = match q.get("after") {
+        Some(a) => Some(
+            a.parse::<u64>()
+                .map_err(|_| ApiError::invalid("after", "'after' is the 'next' cursor of a previous page."))?,
+        ),
+        None => None,
+    };
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
+    let items = crate::inbound::list(&state.store, after, limit).map_err(store_error)?;
+    let next = (items.len() == limit).then(|| items.last().map(|m| m.seq.to_string())).flatten();
+    let view: Vec<Value> = items
+        .iter()
+        .map(|m| {
+            let mut v = json!({"id": m.seq.to_string(), "carrier": m.carrier, "received_at": rfc3339(m.received_ms), "kind": m.kind});
+            if m.purged_ms.is_some() {
+                v["purged"] = json!(true);
+            } else {
+                v["from"] = json!(m.content.from);
+                v["to"] = json!(m.content.to);
+                v["body"] = json!(m.content.body);
+            }
+            if let Some(k) = &m.keyword {
+                v["keyword"] = json!(k);
+            }
+            v
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"inbound": view, "next": next})))
+}
+
+fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
