@@ -244,8 +244,10 @@ impl Inbound {
                     confirm || existing.as_ref().is_some_and(|e| e.confirmation_sent),
                 )?;
                 ops.push(op);
-                // An opt-out also withdraws consent.
-                ops.push(Op::Delete { key: registry::consent_key(&idx) });
+                // A global opt-out also withdraws consent.
+                if scope == registry::GLOBAL {
+                    ops.push(Op::Delete { key: registry::consent_key(&idx) });
+                }
                 if confirm {
                     reply = self.compliance.reply(&keyword, &content.to);
                 }

@@ -109,7 +109,12 @@ pub async fn put_optout(state: &AppState, req: Request<Incoming>, raw: &str) -> 
     )
     .map_err(store_error)?;
     let idx = crypto.blind_index(n.as_str());
-    state.store.commit(vec![op, Op::Delete { key: registry::consent_key(&idx) }]).await.map_err(store_error)?;
+    // A global opt-out also withdraws consent; a sender-scoped one leaves other senders' consent.
+    let mut ops = vec![op];
+    if scope == GLOBAL {
+        ops.push(Op::Delete { key: registry::consent_key(&idx) });
+    }
+    state.store.commit(ops).await.map_err(store_error)?;
     crate::metrics::optout("API");
     audit(state, &p, "optout.api", &idx, "recorded");
     Ok(with_target(json_response(StatusCode::OK, &optout_view(n.as_str(), &entry)), &idx))

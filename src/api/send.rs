@@ -219,7 +219,7 @@ pub fn build_message(
         content: Content { to: req.to.as_str().to_string(), from: req.from, body: req.body },
         sealed: None,
         purged_ms: None,
-        to_masked: String::new(),
+        to_masked: req.to.masked(),
         webhook_body: false,
         client_ref: req.client_ref,
         callback_url: req.callback_url,

@@ -317,6 +317,12 @@ impl Sim {
         Some((*id, rx))
     }
 
+    /// Sends a `deliver_sm` (a receipt or an inbound text) to any receiving session; the
+    /// receiver yields the `deliver_sm_resp` status. For embedding the simulator in tests.
+    pub fn inject(&self, pdu: &crate::smpp::pdu::ShortMessage) -> Option<(u64, oneshot::Receiver<u32>)> {
+        self.push_deliver(None, None, pdu)
+    }
+
     /// Sessions for `GET /sessions`.
     pub fn sessions_json(&self) -> Value {
         let sessions = match self.sessions.lock() {

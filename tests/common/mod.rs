@@ -277,3 +277,88 @@ impl Conn {
         Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
 }
+
+/// A simulator process (the node one when `node` is true and available, else the built-in
+/// `smsgate smsc-sim`), with its startup line and record file.
+pub struct SimProcess {
+    pub child: std::process::Child,
+    pub info: Value,
+    pub record: PathBuf,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl SimProcess {
+    /// Starts the node simulator; `None` (with a SKIPPED line) when node is unavailable,
+    /// unless SMSGATE_REQUIRE_NODE=1.
+    pub fn node(certs: &Certs, args: &[&str]) -> Option<SimProcess> {
+        let dir = std::env::var_os("SMSC_SIM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/smsc-sim"));
+        let node_ok = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !node_ok || !dir.join("node_modules").is_dir() {
+            let why = format!("node or {}/node_modules is missing (run `npm ci` there)", dir.display());
+            assert!(std::env::var("SMSGATE_REQUIRE_NODE").as_deref() != Ok("1"), "SMSGATE_REQUIRE_NODE=1 but {why}");
+            eprintln!("SKIPPED: node simulator: {why}");
+            return None;
+        }
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(dir.join("sim.js"));
+        Some(Self::spawn(cmd, certs, args))
+    }
+
+    fn spawn(mut cmd: std::process::Command, certs: &Certs, args: &[&str]) -> SimProcess {
+        use std::io::BufRead;
+        let record = certs.path(&format!("sim-{}.jsonl", std::process::id() as u64 * 1000 + rand_suffix()));
+        cmd.args(["--port", "0", "--control-port", "0", "--tls-port", "0", "--dlr-delay-ms", "10"])
+            .arg("--cert")
+            .arg(certs.path("smsc.crt"))
+            .arg("--key")
+            .arg(certs.path("smsc.key"))
+            .arg("--record")
+            .arg(&record)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn simulator");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let info: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("startup line: {line:?}"));
+        SimProcess { child, info, record }
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.info["tls_port"].as_u64().unwrap() as u16
+    }
+
+    /// POSTs to the simulator's control interface (off the async runtime).
+    pub async fn control(&self, path: &str, body: Option<Value>) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.info["control_port"].as_u64().unwrap());
+        let out = tokio::task::spawn_blocking(move || {
+            let mut c = std::process::Command::new("curl");
+            c.args(["-s", "--max-time", "15"]);
+            if let Some(b) = body {
+                c.args(["-X", "POST", "-d", &b.to_string()]);
+            }
+            c.arg(url).output().unwrap()
+        })
+        .await
+        .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        read_record(&self.record)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,559 @@
+//! Healthcare compliance through the whole system: keywords from a handset (node simulator's
+//! `POST /mo`), opt-out blocking at accept and dispatch, consent, quiet hours, frequency caps,
+//! PHI content rules, encryption at rest (a byte scan of the data directory), the audit chain,
+//! signed webhooks to a real HTTPS receiver, retention, data-key rotation.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use smsgate::auth::Scope;
+use smsgate::sim::SimConfig;
+
+const TO: &str = "+14155550123";
+
+async fn send(c: &Client, body: Value) -> Answer {
+    c.post("/v1/messages", &body).await
+}
+
+async fn mo(sim: &SimProcess, text: &str) -> Value {
+    sim.control("/mo", Some(json!({"from": TO, "to": "12345", "text": text}))).await
+}
+
+/// Texts the simulator received addressed to the handset.
+fn texts_to_handset(sim: &SimProcess) -> Vec<String> {
+    sim.records()
+        .iter()
+        .filter(|r| r["destination"] == "14155550123")
+        .filter_map(|r| r["text"].as_str().map(String::from))
+        .collect()
+}
+
+async fn gateway_with(certs: &Certs, port: u16, extra_sections: &str) -> (TestGateway, tempfile::TempDir, String) {
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), certs, port, "default_source = \"12345\"") + extra_sections;
+    let gw = TestGateway::start(parse_config(&text), certs).await;
+    let key = gw.key(vec![Scope::Send, Scope::Read, Scope::Optouts]).await;
+    (gw, data, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_from_a_handset_blocks_and_start_resumes() {
+    let certs = Certs::new();
+    let Some(sim) = SimProcess::node(&certs, &[]) else { return };
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), "").await;
+    let c = gw.client.with_token(Some(&key));
+    // A message scheduled before the STOP is blocked at dispatch.
+    let later = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(3)).unwrap();
+    let queued = send(&c, json!({"to": TO, "body": "queued before the STOP", "send_at": later.to_string()})).await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED);
+
+    let r = mo(&sim, "Stop").await;
+    assert_eq!((r["ok"].as_bool(), r["command_status"][0].as_u64()), (Some(true), Some(0)), "{r}");
+    // One confirmation reply reaches the handset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !texts_to_handset(&sim).iter().any(|t| t.contains("unsubscribed")) {
+        assert!(Instant::now() < deadline, "no confirmation at the simulator: {:?}", texts_to_handset(&sim));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New sends are refused.
+    let a = send(&c, json!({"to": TO, "body": "after the STOP"})).await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("recipient_opted_out"))
+    );
+    // A second STOP is recorded but not answered again.
+    mo(&sim, "STOP").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        texts_to_handset(&sim).iter().filter(|t| t.contains("unsubscribed")).count(),
+        1,
+        "one confirmation only"
+    );
+    // The scheduled one is blocked when its time comes.
+    let id = queued.json["id"].as_str().unwrap();
+    let m = c.wait_message(id, Duration::from_secs(10), |m| m["status"] == "blocked").await;
+    assert_eq!(
+        (m["status"].as_str(), m["error"]["code"].as_str()),
+        (Some("blocked"), Some("recipient_opted_out")),
+        "{m}"
+    );
+    assert!(!texts_to_handset(&sim).iter().any(|t| t.contains("queued before")));
+
+    // The registry shows it, with how it came.
+    let g = c.get("/v1/opt-outs/%2B14155550123").await;
+    assert_eq!(g.status, StatusCode::OK, "{}", g.json);
+    assert_eq!(
+        (g.json["opt_outs"][0]["source"].as_str(), g.json["opt_outs"][0]["keyword"].as_str()),
+        (Some("keyword"), Some("STOP"))
+    );
+    // START resumes.
+    mo(&sim, "start").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !texts_to_handset(&sim).iter().any(|t| t.contains("subscribed again")) {
+        assert!(Instant::now() < deadline, "no opt-in reply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = send(&c, json!({"to": TO, "body": "welcome back"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    let m =
+        c.wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(10), |m| m["status"] == "delivered").await;
+    assert_eq!(m["status"], "delivered");
+    // Inbound texts are listed with their keyword.
+    let inbound = c.get("/v1/inbound").await.json;
+    let kinds: Vec<&str> = inbound["inbound"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["optout", "optout", "optin"]);
+    assert_eq!(inbound["inbound"][0]["from"], TO);
+    gw.gateway.shutdown().await;
+    // The audit trail has the keyword events, without the number.
+    let audit = std::fs::read_to_string(smsgate::audit::log_path(_data.path())).unwrap();
+    assert!(audit.contains("keyword.optout") && audit.contains("keyword.optin"));
+    assert!(!audit.contains("4155550123"), "numbers never in the audit trail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasonable_opt_outs_and_rate_limited_help() {
+    let certs = Certs::new();
+    let Some(sim) = SimProcess::node(&certs, &[]) else { return };
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), "").await;
+    let c = gw.client.with_token(Some(&key));
+    mo(&sim, "help").await;
+    mo(&sim, "HELP").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let help = texts_to_handset(&sim).iter().filter(|t| t.contains("Reply STOP")).count();
+    assert_eq!(help, 1, "HELP replies are rate-limited per number");
+    mo(&sim, "please stop texting me").await;
+    let g = c.get("/v1/opt-outs/%2B14155550123").await;
+    assert_eq!(g.json["opt_outs"][0]["rule"], "reasonable", "{}", g.json);
+    mo(&sim, "I will stop by the clinic at noon").await;
+    let inbound = c.get("/v1/inbound").await.json;
+    assert_eq!(inbound["inbound"].as_array().unwrap().last().unwrap()["kind"], "text");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_and_consent_api() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let (gw, _data, key) =
+        gateway_with(&certs, sim.tls_port(), "[compliance]\nrequire_consent = true\noptout_scope = \"sender\"\n").await;
+    let c = gw.client.with_token(Some(&key));
+    let a = send(&c, json!({"to": TO, "body": "hi"})).await;
+    assert_eq!(a.json["error"]["code"], "consent_required");
+    let p = c
+        .raw(
+            Method::PUT,
+            "/v1/consents/%2B14155550123",
+            &[("content-type", "application/json")],
+            Bytes::from(json!({"source": "intake form", "consented_at": "2026-01-05T10:00:00Z"}).to_string()),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.json);
+    assert_eq!(send(&c, json!({"to": TO, "body": "hi"})).await.status, StatusCode::ACCEPTED);
+    // Per-sender scope: an opt-out for sender 12345 does not block sender 67890.
+    let p = c
+        .raw(
+            Method::PUT,
+            "/v1/opt-outs/%2B14155550123",
+            &[("content-type", "application/json")],
+            Bytes::from(json!({"scope": "12345"}).to_string()),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK);
+    assert_eq!(
+        send(&c, json!({"to": TO, "body": "x", "from": "12345"})).await.json["error"]["code"],
+        "recipient_opted_out"
+    );
+    assert_eq!(send(&c, json!({"to": TO, "body": "x", "from": "67890"})).await.status, StatusCode::ACCEPTED);
+    let list = c.get("/v1/opt-outs").await.json;
+    assert_eq!(list["opt_outs"][0]["scope"], "12345");
+    assert_eq!(list["opt_outs"][0]["source"], "api");
+    let d = c.raw(Method::DELETE, "/v1/opt-outs/%2B14155550123", &[], Bytes::new()).await;
+    assert_eq!(d.status, StatusCode::OK);
+    assert_eq!(send(&c, json!({"to": TO, "body": "x", "from": "12345"})).await.status, StatusCode::ACCEPTED);
+    let d = c.raw(Method::DELETE, "/v1/consents/%2B14155550123", &[], Bytes::new()).await;
+    assert_eq!(d.status, StatusCode::OK);
+    assert_eq!(send(&c, json!({"to": TO, "body": "x"})).await.json["error"]["code"], "consent_required");
+    // Scope enforcement: the default test key has no optouts scope.
+    assert_eq!(gw.client.get("/v1/opt-outs").await.status, StatusCode::FORBIDDEN);
+    let bad = c.raw(Method::PUT, "/v1/opt-outs/not-a-number", &[], Bytes::new()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    gw.gateway.shutdown().await;
+}
+
+/// An `Etc/GMT±N` zone where the local hour is now `hour`.
+fn zone_at_local_hour(hour: i64) -> String {
+    let utc_hour = (smsgate::message::now_ms() / 3_600_000 % 24) as i64;
+    let mut offset = (hour - utc_hour).rem_euclid(24);
+    if offset > 14 {
+        offset -= 24;
+    }
+    // Etc/GMT signs are inverted: Etc/GMT-3 is UTC+3.
+    if offset >= 0 { format!("Etc/GMT-{offset}") } else { format!("Etc/GMT+{}", -offset) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_caps_and_content_rules_at_accept() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let sections = r#"
+[compliance.quiet_hours]
+start = "21:00"
+end = "08:00"
+default_timezone = "America/New_York"
+[[compliance.category_policies]]
+category = "appointment_reminder"
+max_per_day = 1
+max_per_week = 3
+max_chars = 160
+[compliance.content]
+action = "reject"
+mrn_patterns = ["(?i)\\bMRN[:#\\s]*\\d{6,10}\\b"]
+deny_terms = ["HIV", "chlamydia"]
+"#;
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), sections).await;
+    let c = gw.client.with_token(Some(&key));
+    // 03:00 local: held until 08:00; urgent goes now.
+    let night = zone_at_local_hour(3);
+    let a = send(&c, json!({"to": TO, "body": "Reminder", "recipient_timezone": night})).await;
+    assert_eq!((a.status, a.json["status"].as_str()), (StatusCode::ACCEPTED, Some("scheduled")), "{}", a.json);
+    let m = c.get(&format!("/v1/messages/{}", a.json["id"].as_str().unwrap())).await.json;
+    let held = m["send_at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let wait = held.as_millisecond() - smsgate::message::now_ms() as i64;
+    assert!((4 * 3_600_000..=5 * 3_600_000 + 60_000).contains(&wait), "held {wait} ms (until 08:00 local)");
+    let u =
+        send(&c, json!({"to": TO, "body": "Clinic closed today", "recipient_timezone": night, "category": "urgent"}))
+            .await;
+    assert_eq!(u.json["status"], "queued");
+    // Daytime: straight out.
+    let day = zone_at_local_hour(13);
+    // Frequency caps: one appointment reminder a day.
+    let r1 = send(&c, json!({"to": TO, "body": "Your visit is tomorrow 9:00", "category": "appointment_reminder", "recipient_timezone": day})).await;
+    assert_eq!(r1.status, StatusCode::ACCEPTED, "{}", r1.json);
+    let r2 = send(
+        &c,
+        json!({"to": TO, "body": "Second reminder", "category": "appointment_reminder", "recipient_timezone": day}),
+    )
+    .await;
+    assert_eq!(
+        (r2.status, r2.json["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("frequency_cap_exceeded"))
+    );
+    assert!(r2.json["error"]["message"].as_str().unwrap().contains("next message may go at"));
+    let long = send(&c, json!({"to": "+14155550124", "body": "x".repeat(161), "category": "appointment_reminder", "recipient_timezone": day})).await;
+    assert_eq!(long.json["error"]["code"], "content_policy_violation");
+    // PHI content rules: named, never echoed.
+    for (body, rule) in [
+        ("SSN 123-45-6789 on file", "ssn"),
+        ("Patient MRN#00123456", "mrn"),
+        ("Your HIV result is in", "deny_term"),
+        ("Confirm DOB 04/12/1980", "dob"),
+    ] {
+        let a = send(&c, json!({"to": TO, "body": body, "recipient_timezone": day})).await;
+        assert_eq!(a.json["error"]["code"], "content_policy_violation", "{body}");
+        let msg = a.json["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(rule), "{msg}");
+        assert!(!msg.contains("123-45-6789") && !msg.contains("00123456") && !msg.contains("04/12/1980"));
+    }
+    // An admin can switch a key to flag: accepted, counted, audited.
+    let admin = smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys };
+    let key_id = key.split('_').nth(1).unwrap();
+    admin.set_policy(key_id, Some("flag"), None, None).await.unwrap();
+    let f = send(&c, json!({"to": TO, "body": "Your HIV result is in", "recipient_timezone": day})).await;
+    assert_eq!(f.status, StatusCode::ACCEPTED);
+    gw.gateway.shutdown().await;
+    let audit = std::fs::read_to_string(smsgate::audit::log_path(_data.path())).unwrap();
+    assert!(audit.contains("content.flag") && audit.contains("deny_term"));
+    assert!(!audit.contains("HIV"), "the audit names the rule, not the text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_readable_in_the_data_directory() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let (gw, data, key) = gateway_with(&certs, sim.tls_port(), "").await;
+    let c = gw.client.with_token(Some(&key));
+    let body = "Zebra-Quartz lab results: call Dr. Xylophone";
+    let a = send(&c, json!({"to": TO, "body": body, "client_ref": "cr-1"})).await;
+    let m =
+        c.wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "delivered").await;
+    assert_eq!(m["status"], "delivered");
+    // An inbound text, and an opt-out through the API.
+    let mo = smsgate::smpp::pdu::ShortMessage {
+        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550199".into() },
+        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+        short_message: Bytes::from(smsgate::text::gsm_encode("Marmalade-Octopus reply").unwrap()),
+        ..Default::default()
+    };
+    let (_, rx) = sim.handle.sim.inject(&mo).expect("a bound session");
+    assert_eq!(rx.await.unwrap(), 0);
+    let p = c.raw(Method::PUT, "/v1/opt-outs/%2B14155550177", &[], Bytes::new()).await;
+    assert_eq!(p.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+    let needles = [
+        body,
+        "Zebra-Quartz",
+        "Xylophone",
+        "Marmalade-Octopus",
+        "+14155550123",
+        "14155550123",
+        "4155550123",
+        "14155550199",
+        "14155550177",
+    ];
+    let mut scanned = 0;
+    for entry in walk(data.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        scanned += bytes.len();
+        for n in needles {
+            assert!(!bytes.windows(n.len()).any(|w| w == n.as_bytes()), "'{n}' in clear in {}", entry.display());
+        }
+    }
+    assert!(scanned > 0);
+    println!(
+        "encryption at rest: scanned {scanned} bytes in {}; none of {} known values in clear",
+        data.path().display(),
+        needles.len()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_entry_is_named_by_audit_verify() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let (gw, data, key) = gateway_with(&certs, sim.tls_port(), "").await;
+    let c = gw.client.with_token(Some(&key));
+    for i in 0..5 {
+        send(&c, json!({"to": TO, "body": format!("audit {i}")})).await;
+    }
+    gw.gateway.shutdown().await;
+    let config = certs.path("audit.toml");
+    std::fs::write(&config, config_text(data.path(), &certs, sim.tls_port(), "")).unwrap();
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+            .args(["audit", "verify", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+    let path = smsgate::audit::log_path(data.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 5);
+    let tampered = lines[3].replace("\"202\"", "\"500\"");
+    assert_ne!(tampered, lines[3]);
+    std::fs::write(&path, text.replace(lines[3], &tampered)).unwrap();
+    let bad = verify();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("line 4") && err.contains("seq 4") && err.contains("edited"), "{err}");
+}
+
+/// A local HTTPS webhook receiver that checks signatures; returns (port, received bodies).
+async fn receiver(certs: &Certs, secret: &'static [u8]) -> (u16, Arc<Mutex<Vec<(bool, Value)>>>) {
+    let got: Arc<Mutex<Vec<(bool, Value)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        smsgate::tls::server_config(&certs.path("api.crt"), &certs.path("api.key"), &[b"http/1.1"]).unwrap(),
+    );
+    let sink = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let sig = req
+                            .headers()
+                            .get("smsgate-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let now = smsgate::message::now_ms() / 1000;
+                        let valid = smsgate::webhooks::verify(secret, &sig, &body, now, 300);
+                        sink.lock().unwrap().push((valid, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_for_status_and_inbound() {
+    let certs = Certs::new();
+    let secret: &'static [u8] = b"whsec-test-0123456789";
+    std::fs::write(certs.path("webhook.secret"), secret).unwrap();
+    let (port, got) = receiver(&certs, secret).await;
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let sections = format!(
+        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\ninbound_url = \"https://localhost:{port}/inbound\"\n",
+        certs.path("webhook.secret").display(),
+        certs.path("api.crt").display()
+    );
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), &sections).await;
+    let c = gw.client.with_token(Some(&key));
+    let hook = format!("https://localhost:{port}/status");
+    let a = send(&c, json!({"to": TO, "body": "Secret body text", "callback_url": hook, "client_ref": "r9"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Vec<String> =
+            got.lock().unwrap().iter().filter_map(|(_, v)| v["status"].as_str().map(String::from)).collect();
+        if seen.contains(&"delivered".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivered webhook: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        let events = got.lock().unwrap();
+        assert!(events.iter().all(|(valid, _)| *valid), "every signature verifies");
+        let delivered = events.iter().find(|(_, v)| v["status"] == "delivered").unwrap();
+        assert_eq!(
+            (delivered.1["client_ref"].as_str(), delivered.1["to"].as_str()),
+            (Some("r9"), Some("+1415***0123"))
+        );
+        assert!(delivered.1.get("body").is_none(), "no body unless the key allows it");
+    }
+    // A key that allows bodies gets them.
+    let admin = smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys };
+    admin.set_policy(key.split('_').nth(1).unwrap(), None, Some(&hook), Some(true)).await.unwrap();
+    let b = send(&c, json!({"to": TO, "body": "Body allowed"})).await;
+    let id = b.json["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.lock().unwrap().iter().any(|(_, v)| v["id"] == id.as_str() && v["body"] == "Body allowed") {
+        assert!(Instant::now() < deadline, "no webhook with the body");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Inbound texts go to the inbound webhook.
+    let mo = smsgate::smpp::pdu::ShortMessage {
+        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
+        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+        short_message: Bytes::from(smsgate::text::gsm_encode("See you then").unwrap()),
+        ..Default::default()
+    };
+    let (_, rx) = sim.handle.sim.inject(&mo).unwrap();
+    assert_eq!(rx.await.unwrap(), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.lock().unwrap().iter().any(|(valid, v)| *valid && v["event"] == "inbound" && v["body"] == "See you then")
+    {
+        assert!(Instant::now() < deadline, "no inbound webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_bodies_and_rotation_reseals() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let sections = "[retention]\nbody_days = 0\ninbound_days = 0\nsweep_interval_secs = 1\n";
+    let (gw, data, key) = gateway_with(&certs, sim.tls_port(), sections).await;
+    let c = gw.client.with_token(Some(&key));
+    let a = send(&c, json!({"to": TO, "body": "purge me"})).await;
+    let id = a.json["id"].as_str().unwrap().to_string();
+    c.wait_message(&id, Duration::from_secs(5), |m| m["status"] == "delivered").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.gateway.store.message(&id).unwrap().unwrap();
+        if m.purged_ms.is_some() {
+            assert_eq!(m.content.body, "", "body gone");
+            assert_eq!(m.content.to, TO, "the number (sealed) stays with the metadata");
+            break;
+        }
+        assert!(Instant::now() < deadline, "body never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.get(&format!("/v1/messages/{id}")).await.json["status"], "delivered", "metadata stays");
+    gw.gateway.shutdown().await;
+
+    // Rotation (server stopped: the CLI works on the store directly).
+    let config = certs.path("rotate.toml");
+    std::fs::write(&config, config_text(data.path(), &certs, sim.tls_port(), "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+        .args(["keys", "rotate-data-key", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("k2"));
+    let gw2 = smsgate::gateway::Gateway::start(parse_config(&std::fs::read_to_string(&config).unwrap())).await.unwrap();
+    let m = gw2.store.message(&id).unwrap().unwrap();
+    assert_eq!(m.sealed.as_ref().unwrap().k, "k2", "re-sealed under the new key");
+    assert_eq!(m.content.to, TO);
+    gw2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_out_csv_import_and_export() {
+    let certs = Certs::new();
+    let data = tempfile::tempdir().unwrap();
+    let config = certs.path("csv.toml");
+    std::fs::write(&config, config_text(data.path(), &certs, 1, "")).unwrap();
+    let csv = certs.path("in.csv");
+    std::fs::write(&csv, "number,scope\n+14155550123,global\n+447911123456,12345\nnot-a-number,global\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&["optouts", "import", csv.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("recorded 2"), "{stdout}");
+    assert!(stderr.contains("row 3"), "{stderr}");
+    let out = certs.path("out.csv");
+    let (ok, _, stderr) = run(&["optouts", "export", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with("number,scope,source,keyword,rule,recorded_by,at"));
+    assert!(text.contains("+14155550123,global,import"), "{text}");
+    assert!(text.contains("+447911123456,12345,import"), "{text}");
+    // And the gateway honours them.
+    let gw = TestGateway::start(parse_config(&std::fs::read_to_string(&config).unwrap()), &certs).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": TO, "body": "x"})).await;
+    assert_eq!(a.json["error"]["code"], "recipient_opted_out");
+    gw.gateway.shutdown().await;
+}
