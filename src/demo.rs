@@ -63,7 +63,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
 
     let gateway = Gateway::start(config).await.context("starting the gateway")?;
     let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
-    let (_, token) = admin.create("demo", vec![Scope::Send, Scope::Read]).await?;
+    let (_, token) = admin.create("demo", vec![Scope::Send, Scope::Read, Scope::Optouts]).await?;
     let api = format!("https://{}", gateway.api_addr);
     println!(
         r#"
@@ -74,7 +74,7 @@ smsgate demo is running (Ctrl-C to stop)
   SMSC simulator SMPP over TLS on {smpp}, control http://{control}
   data           {data}
 
-  API key (send,read), shown once:
+  API key (send,read,optouts), shown once:
     {token}
 
 Send a message:
@@ -85,6 +85,8 @@ Then follow it (use the id from the answer):
 
 Play the handset (an inbound text through the simulator):
   curl -s http://{control}/mo -d '{{"from":"+14155550123","to":"SMSGATE","text":"Hello back"}}'
+  curl -s http://{control}/mo -d '{{"from":"+14155550123","to":"SMSGATE","text":"STOP"}}'   # then sends to it get 422
+  curl -k {api}/v1/inbound -H 'Authorization: Bearer {token}'
 "#,
         metrics = gateway.metrics_addr,
         smpp = sim.tls_addr.map(|a| a.to_string()).unwrap_or_default(),
