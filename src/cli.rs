@@ -269,17 +269,37 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-/// Sets up `tracing`: `RUST_LOG` wins over the config's level.
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Sets up `tracing`: `RUST_LOG` wins over the config's level. The filter can be changed at
+/// run time ([`set_log_filter`], used by SIGHUP reloads).
 pub fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Human => builder.try_init(),
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Human => fmt.boxed(),
     };
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Replaces the log filter (unless `RUST_LOG` is set, which always wins).
+pub fn set_log_filter(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    LOG_FILTER.get().ok_or("logging not initialised")?.reload(filter).map_err(|e| e.to_string())
 }
 
 /// Waits for SIGTERM or Ctrl-C.
@@ -299,10 +319,53 @@ pub async fn wait_for_signal() {
 }
 
 async fn serve(path: &Path) -> Result<()> {
+    use sd_notify::NotifyState;
+    use tokio::signal::unix::{SignalKind, signal};
     let config = Config::load(path)?;
     init_logging(&config.log);
     let gateway = Gateway::start(config).await.context("starting the gateway")?;
-    wait_for_signal().await;
+    // systemd (Type=notify): ready once listening; watchdog pings while the store still commits.
+    let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+    let mut watchdog_usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+        let store = gateway.store.clone();
+        let every = std::time::Duration::from_micros(watchdog_usec / 2);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                // An empty group commit proves the writer thread and the disk answer.
+                if tokio::time::timeout(every, store.commit(Vec::new())).await.is_ok_and(|r| r.is_ok()) {
+                    let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let mut states = vec![NotifyState::Reloading];
+                states.extend(NotifyState::monotonic_usec_now().ok());
+                let _ = sd_notify::notify(false, &states);
+                match Config::load(path) {
+                    Ok(new) => {
+                        let report = gateway.reload(new);
+                        if report.needs_restart.is_empty() {
+                            tracing::info!("configuration reloaded");
+                        } else {
+                            tracing::warn!(needs_restart = ?report.needs_restart, "configuration reloaded; some changes need a restart");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "configuration reload refused; the running configuration stays"),
+                }
+                let _ = sd_notify::notify(false, &[NotifyState::Ready]);
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     gateway.shutdown().await;
     Ok(())
 }

@@ -93,6 +93,9 @@ pub struct Config {
     /// Signed webhooks.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// Graceful shutdown deadlines.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -390,6 +393,41 @@ pub enum ContentAction {
     Reject,
     /// Accept it, count it, audit it.
     Flag,
+}
+
+/// `[shutdown]`: how long SIGTERM waits for in-flight work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Upper bound on the whole shutdown.
+    #[serde(default = "default_shutdown_timeout")]
+    pub timeout_secs: u64,
+    /// How long open HTTP requests may take to finish.
+    #[serde(default = "default_http_drain")]
+    pub http_drain_secs: u64,
+    /// How long binds wait for outstanding `submit_sm_resp` before unbinding.
+    #[serde(default = "default_submit_drain")]
+    pub submit_drain_secs: u64,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    30
+}
+fn default_http_drain() -> u64 {
+    10
+}
+fn default_submit_drain() -> u64 {
+    5
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout_secs: default_shutdown_timeout(),
+            http_drain_secs: default_http_drain(),
+            submit_drain_secs: default_submit_drain(),
+        }
+    }
 }
 
 /// `[retention]`
@@ -808,6 +846,12 @@ impl Config {
         p.extend(self.validate_compliance());
         if self.retention.metadata_days < self.retention.body_days {
             p.push("retention.metadata_days: must be at least body_days".into());
+        }
+        let sd = &self.shutdown;
+        if sd.timeout_secs == 0 || sd.http_drain_secs > sd.timeout_secs || sd.submit_drain_secs > sd.timeout_secs {
+            p.push(
+                "shutdown: timeout_secs must be at least 1 and at least http_drain_secs and submit_drain_secs".into(),
+            );
         }
         if self.retention.sweep_interval_secs == 0 {
             p.push("retention.sweep_interval_secs: at least 1".into());

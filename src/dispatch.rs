@@ -26,9 +26,10 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::audit::{Audit, Event};
-use crate::compliance::{Compliance, DispatchVerdict};
+use crate::compliance::DispatchVerdict;
 use crate::config::DispatchConfig;
 use crate::flow::FlowControl;
+use crate::live::Live;
 use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
 use crate::queue::{CarrierQueue, Entry, Queues};
@@ -144,7 +145,7 @@ pub struct Dispatcher {
     carriers: HashMap<String, CarrierDispatch>,
     policy: DispatchConfig,
     claims: Arc<Claims>,
-    compliance: Arc<Compliance>,
+    live: Arc<Live>,
     audit: Audit,
 }
 
@@ -233,10 +234,10 @@ impl Dispatcher {
         carriers: HashMap<String, CarrierDispatch>,
         policy: DispatchConfig,
         claims: Arc<Claims>,
-        compliance: Arc<Compliance>,
+        live: Arc<Live>,
         audit: Audit,
     ) -> Arc<Self> {
-        Arc::new(Dispatcher { store, queues, carriers, policy, claims, compliance, audit })
+        Arc::new(Dispatcher { store, queues, carriers, policy, claims, live, audit })
     }
 
     /// Starts one task per carrier queue, plus the reaper/metrics task; they stop when
@@ -328,7 +329,7 @@ impl Dispatcher {
             return Ok(false);
         }
         // Opt-outs and consent may have changed since accept; a retry may fall in quiet hours.
-        match self.compliance.check_dispatch(&self.store, &self.store.crypto(), &msg, now)? {
+        match self.live.compliance().check_dispatch(&self.store, &self.store.crypto(), &msg, now)? {
             DispatchVerdict::Proceed => {}
             DispatchVerdict::Block(code) => {
                 let text = match code {

@@ -18,7 +18,6 @@ use crate::message::now_ms;
 
 /// Rate state of one carrier.
 pub struct FlowControl {
-    configured: Option<(NonZeroU32, NonZeroU32)>,
     throttle_pause: Duration,
     state: Mutex<State>,
     paused_until_ms: AtomicU64,
@@ -28,6 +27,8 @@ pub struct FlowControl {
 }
 
 struct State {
+    /// `rate`/`burst` from the configuration (changed by a reload).
+    configured: Option<(NonZeroU32, NonZeroU32)>,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// Rate imposed after throttling, below the configured one; `None` when not throttled.
     adaptive: Option<u32>,
@@ -48,9 +49,9 @@ impl FlowControl {
     pub fn new(rate: u32, burst: u32, throttle_pause: Duration) -> Arc<FlowControl> {
         let configured = NonZeroU32::new(rate).map(|r| (r, NonZeroU32::new(burst).unwrap_or_else(|| default_burst(r))));
         Arc::new(FlowControl {
-            configured,
             throttle_pause,
             state: Mutex::new(State {
+                configured,
                 limiter: configured.map(|(r, b)| limiter(r, b)),
                 adaptive: None,
                 last_throttle_ms: 0,
@@ -66,7 +67,22 @@ impl FlowControl {
     /// The rate in force now (adaptive or configured), `None` = unlimited.
     pub fn current_rate(&self) -> Option<u32> {
         let s = self.state.lock().ok()?;
-        s.adaptive.or(self.configured.map(|(r, _)| r.get()))
+        s.adaptive.or(s.configured.map(|(r, _)| r.get()))
+    }
+
+    /// Applies a new `rate`/`burst` (configuration reload). An adaptive slow-down in progress
+    /// continues and ramps toward the new rate.
+    pub fn set_limits(&self, rate: u32, burst: u32) {
+        let configured = NonZeroU32::new(rate).map(|r| (r, NonZeroU32::new(burst).unwrap_or_else(|| default_burst(r))));
+        if let Ok(mut s) = self.state.lock() {
+            if s.configured == configured {
+                return;
+            }
+            s.configured = configured;
+            if s.adaptive.is_none() {
+                s.limiter = configured.map(|(r, b)| limiter(r, b));
+            }
+        }
     }
 
     /// Waits until one more `submit_sm` may go.
@@ -113,7 +129,7 @@ impl FlowControl {
         s.last_throttle_ms = now;
         s.last_ramp_ms = now;
         let flowing = self.sent_last_second.load(Ordering::Acquire).max(self.sent_this_second.load(Ordering::Acquire));
-        let current = s.adaptive.or(self.configured.map(|(r, _)| r.get())).unwrap_or(u32::MAX);
+        let current = s.adaptive.or(s.configured.map(|(r, _)| r.get())).unwrap_or(u32::MAX);
         let cut = ((flowing.min(u64::from(current)) as f64) * 0.8).max(1.0) as u32;
         s.adaptive = Some(cut);
         s.limiter = NonZeroU32::new(cut).map(|r| limiter(r, default_burst(r)));
@@ -135,7 +151,7 @@ impl FlowControl {
         }
         s.last_ramp_ms = now;
         let next = rate.saturating_add((rate / 20).max(1));
-        match self.configured {
+        match s.configured {
             Some((r, b)) if next >= r.get() => {
                 s.adaptive = None;
                 s.limiter = Some(limiter(r, b));

@@ -16,11 +16,11 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::audit::Audit;
 use crate::auth::KeyRing;
-use crate::compliance::Compliance;
 use crate::config::{CarrierConfig, Config};
 use crate::dispatch::{Breaker, CarrierDispatch, Claims, Dispatcher};
 use crate::flow::FlowControl;
 use crate::inbound::Inbound;
+use crate::live::{Live, ReloadReport};
 use crate::queue::{Entry, Queues};
 use crate::smpp::receipt::IdFormat;
 use crate::smpp::session::{self, LinkSettings};
@@ -66,7 +66,7 @@ pub struct Gateway {
     shutdown_timeout: Duration,
 }
 
-fn link_settings(c: &CarrierConfig) -> Result<LinkSettings, StartError> {
+fn link_settings(c: &CarrierConfig, drain_secs: u64) -> Result<LinkSettings, StartError> {
     let err = |m: String| StartError::Carrier(c.name.clone(), m);
     let tls = if c.tls {
         let config = tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
@@ -92,7 +92,7 @@ fn link_settings(c: &CarrierConfig) -> Result<LinkSettings, StartError> {
         response_timeout: c.response_timeout(),
         reconnect_min: Duration::from_millis(500),
         reconnect_max: Duration::from_secs(60),
-        drain_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(drain_secs),
     })
 }
 
@@ -111,20 +111,28 @@ impl Gateway {
         )?;
         let keys = Arc::new(KeyRing::load(&store)?);
         let audit = Audit::open(&config.data_dir).map_err(|e| StartError::Crypto(e.to_string()))?;
-        let compliance = Arc::new(Compliance::new(&config.compliance));
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let id_formats: HashMap<String, IdFormat> =
             config.carriers.iter().map(|c| (c.name.clone(), c.receipt_id_format)).collect();
-        let inbound =
-            Inbound::new(store.clone(), id_formats, compliance.clone(), audit.clone(), config.clone(), queues.clone());
+        let flows: HashMap<String, Arc<FlowControl>> = config
+            .carriers
+            .iter()
+            .map(|c| (c.name.clone(), FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms))))
+            .collect();
+        let live = Arc::new(Live::new(config.clone(), flows.clone()));
+        let inbound = Inbound::new(store.clone(), id_formats, live.clone(), audit.clone(), queues.clone());
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
         let mut dispatch = HashMap::new();
         for c in &config.carriers {
-            let (link, handles) = session::start(link_settings(c)?, inbound.clone(), shutdown_rx.clone());
+            let (link, handles) = session::start(
+                link_settings(c, config.shutdown.submit_drain_secs)?,
+                inbound.clone(),
+                shutdown_rx.clone(),
+            );
             link_tasks.extend(handles);
             dispatch.insert(
                 c.name.clone(),
@@ -132,7 +140,9 @@ impl Gateway {
                     link: link.clone(),
                     options: SubmitOptions::from_carrier(c),
                     id_format: c.submit_id_format,
-                    flow: FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms)),
+                    flow: flows.get(&c.name).cloned().unwrap_or_else(|| {
+                        FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms))
+                    }),
                     throttle_pause: Duration::from_millis(c.throttle_pause_ms),
                     breaker: Breaker::new(c.breaker_failures, Duration::from_secs(c.breaker_cooldown_secs)),
                 },
@@ -146,7 +156,7 @@ impl Gateway {
             dispatch,
             config.dispatch.clone(),
             claims.clone(),
-            compliance.clone(),
+            live.clone(),
             audit.clone(),
         );
         let mut tasks = dispatcher.start(shutdown_rx.clone());
@@ -155,12 +165,11 @@ impl Gateway {
             store: store.clone(),
             keys: keys.clone(),
             queues: queues.clone(),
-            config: config.clone(),
+            live: live.clone(),
             links,
             accepting: AtomicBool::new(true),
             claims,
             disk_free_bytes: AtomicU64::new(disk_free(&config.data_dir)),
-            compliance,
             audit: audit.clone(),
         });
         match config.webhooks.secret() {
@@ -196,7 +205,7 @@ impl Gateway {
             acceptor,
             state.clone(),
             shutdown_rx.clone(),
-            Duration::from_secs(10),
+            Duration::from_secs(config.shutdown.http_drain_secs),
         ));
 
         let metrics_listener =
@@ -229,8 +238,19 @@ impl Gateway {
             tasks,
             link_tasks,
             api_task,
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(config.shutdown.timeout_secs),
         })
+    }
+
+    /// Applies a new configuration (SIGHUP): routes, limits, compliance rules, log levels;
+    /// binds and queued messages are untouched. The caller validated `config`.
+    pub fn reload(&self, config: Config) -> ReloadReport {
+        let report = self.state.live.reload(config);
+        self.state.audit.record(
+            crate::audit::Event::new("system", "config.reload", "", "applied")
+                .detail(serde_json::json!({"needs_restart": report.needs_restart})),
+        );
+        report
     }
 
     /// Graceful stop: refuse new sends, finish open requests, let outstanding submit_sm get
@@ -277,7 +297,7 @@ fn disk_free(dir: &std::path::Path) -> u64 {
 /// Refreshes the free-space reading once a second for the accept path's disk floor.
 async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let dir = state.config.data_dir.clone();
+        let dir = state.live.config().data_dir.clone();
         if let Ok(free) = tokio::task::spawn_blocking(move || disk_free(&dir)).await {
             state.disk_free_bytes.store(free, Ordering::Release);
         }

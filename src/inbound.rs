@@ -17,9 +17,9 @@ use tracing::{debug, info, warn};
 
 use crate::audit::{Audit, Event};
 use crate::compliance::keywords::Keyword;
-use crate::compliance::{Compliance, registry};
-use crate::config::Config;
+use crate::compliance::registry;
 use crate::crypto::Sealed;
+use crate::live::Live;
 use crate::message::{Content, Message, MessageKind, Part, Status, now_ms};
 use crate::metrics as m;
 use crate::phone::{E164, mask};
@@ -73,9 +73,8 @@ pub struct InboundMessage {
 pub struct Inbound {
     store: Store,
     id_formats: HashMap<String, IdFormat>,
-    compliance: Arc<Compliance>,
+    live: Arc<Live>,
     audit: Audit,
-    config: Arc<Config>,
     queues: Arc<Queues>,
 }
 
@@ -84,12 +83,11 @@ impl Inbound {
     pub fn new(
         store: Store,
         id_formats: HashMap<String, IdFormat>,
-        compliance: Arc<Compliance>,
+        live: Arc<Live>,
         audit: Audit,
-        config: Arc<Config>,
         queues: Arc<Queues>,
     ) -> Arc<Self> {
-        Arc::new(Inbound { store, id_formats, compliance, audit, config, queues })
+        Arc::new(Inbound { store, id_formats, live, audit, queues })
     }
 
     async fn handle(&self, carrier: &str, sm: ShortMessage) -> u32 {
@@ -152,7 +150,7 @@ impl Inbound {
         let now = now_ms();
         let analysis = text::analyze(&body);
         let mut route = vec![carrier.to_string()];
-        for c in self.config.route(handset.as_str(), Some(our_address), None).unwrap_or_default() {
+        for c in self.live.config().route(handset.as_str(), Some(our_address), None).unwrap_or_default() {
             if !route.contains(&c) {
                 route.push(c);
             }
@@ -213,7 +211,8 @@ impl Inbound {
             to: address(&sm.dest.addr, sm.dest.ton),
             body: decode_text(sm),
         };
-        let keyword = self.compliance.classify(&content.body);
+        let compliance = self.live.compliance();
+        let keyword = compliance.classify(&content.body);
         let handset = E164::from_trusted(&content.from).ok();
         let idx = crypto.blind_index(&content.from);
         let mut ops = Vec::new();
@@ -227,7 +226,7 @@ impl Inbound {
         let actor = format!("carrier:{carrier}");
         match &keyword {
             Keyword::OptOut { keyword: k, rule } => {
-                let scope = self.compliance.optout_scope(&content.to);
+                let scope = compliance.optout_scope(&content.to);
                 let key = registry::optout_key(&scope, &idx);
                 let existing = self.store.get::<registry::OptOutEntry>(&key)?;
                 // One confirmation per opt-out: a repeated STOP is recorded but not answered.
@@ -249,20 +248,20 @@ impl Inbound {
                     ops.push(Op::Delete { key: registry::consent_key(&idx) });
                 }
                 if confirm {
-                    reply = self.compliance.reply(&keyword, &content.to);
+                    reply = compliance.reply(&keyword, &content.to);
                 }
                 m::optout(k);
                 info!(carrier, from = %mask(&content.from), keyword = %k, rule, "opt-out recorded");
             }
             Keyword::OptIn(_) => {
-                let scope = self.compliance.optout_scope(&content.to);
+                let scope = compliance.optout_scope(&content.to);
                 ops.push(Op::Delete { key: registry::optout_key(&scope, &idx) });
                 ops.push(registry::consent_op(&crypto, &content.from, "keyword:START", now, &actor, now)?);
-                reply = self.compliance.reply(&keyword, &content.to);
+                reply = compliance.reply(&keyword, &content.to);
             }
             Keyword::Help(_) => {
-                if self.compliance.help_allowed(&idx, now) {
-                    reply = self.compliance.reply(&keyword, &content.to);
+                if compliance.help_allowed(&idx, now) {
+                    reply = compliance.reply(&keyword, &content.to);
                 }
             }
             Keyword::None => {}
@@ -288,7 +287,7 @@ impl Inbound {
         if let Some(r) = &reply_msg {
             ops.push(Op::Insert(Box::new(r.clone())));
         }
-        if let Some(url) = &self.config.webhooks.inbound_url {
+        if let Some(url) = &self.live.config().webhooks.inbound_url {
             let payload = json!({"event": "inbound", "seq": seq, "carrier": carrier, "from": content.from, "to": content.to,
                                  "body": content.body, "kind": kind, "received_at": crate::message::rfc3339(now)});
             ops.push(crate::webhooks::outbox_op(&crypto, self.store.next_seq()?, url, &payload)?);
@@ -314,9 +313,8 @@ impl InboundHandler for Inbound {
         let this = Inbound {
             store: self.store.clone(),
             id_formats: self.id_formats.clone(),
-            compliance: self.compliance.clone(),
+            live: self.live.clone(),
             audit: self.audit.clone(),
-            config: self.config.clone(),
             queues: self.queues.clone(),
         };
         Box::pin(async move { this.handle(&carrier, sm).await })

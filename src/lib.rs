@@ -24,6 +24,7 @@ pub mod fsutil;
 pub mod gateway;
 pub mod httpd;
 pub mod inbound;
+pub mod live;
 pub mod maintenance;
 pub mod message;
 pub mod metrics;

@@ -59,23 +59,19 @@ fn replay(record: &IdempotencyRecord, body_hash: &str) -> Handled {
 /// Validates one message, applies the compliance rules, and turns it into a record (not yet
 /// stored) plus the counters its commit must check.
 fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Message, Vec<QuotaGuard>), ApiError> {
-    let limits = send::Limits { max_body_chars: state.config.api.max_body_chars };
+    let config = state.live.config();
+    let limits = send::Limits { max_body_chars: config.api.max_body_chars };
     let request = send::parse(value, limits)?;
-    let route = state
-        .config
+    let route = config
         .route(request.to.as_str(), request.from.as_deref(), request.category.as_deref())
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
     let seq = state.store.next_seq().map_err(store_error)?;
-    let mut msg =
-        send::build_message(request, &principal.key_id, seq, route, state.config.dispatch.default_validity_secs);
+    let mut msg = send::build_message(request, &principal.key_id, seq, route, config.dispatch.default_validity_secs);
     if msg.callback_url.is_none() {
         msg.callback_url = principal.webhook_url.clone();
     }
-    if msg.callback_url.is_some()
-        && state.config.webhooks.secret_file.is_none()
-        && state.config.webhooks.secret_env.is_none()
-    {
+    if msg.callback_url.is_some() && config.webhooks.secret_file.is_none() && config.webhooks.secret_env.is_none() {
         return Err(ApiError::invalid(
             "callback_url",
             "Webhooks are not configured on this gateway (no signing secret).",
@@ -84,7 +80,8 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     msg.webhook_body = principal.webhook_include_body;
     let crypto = state.store.crypto();
     let plan = state
-        .compliance
+        .live
+        .compliance()
         .check_accept(&state.store, &crypto, &msg, None, principal.content_action)
         .map_err(store_error)?
         .map_err(rejection)?;
@@ -149,7 +146,8 @@ fn rejection(r: Rejection) -> ApiError {
 
 /// Refuses what could not be stored or queued: full queues (429) or a disk below its floor (503).
 fn check_capacity(state: &AppState, messages: &[Message]) -> Result<(), ApiError> {
-    let floor = state.config.queue.min_free_disk_mb << 20;
+    let config = state.live.config();
+    let floor = config.queue.min_free_disk_mb << 20;
     if state.disk_free_bytes.load(Ordering::Acquire) < floor {
         return Err(ApiError::unavailable(
             "store_unavailable",
@@ -157,7 +155,7 @@ fn check_capacity(state: &AppState, messages: &[Message]) -> Result<(), ApiError
             30,
         ));
     }
-    let limits = &state.config.queue;
+    let limits = &config.queue;
     if state.queues.total() + messages.len() > limits.max_depth {
         return Err(ApiError::too_many("queue_full", "The gateway's queue is full; retry later.", 5));
     }

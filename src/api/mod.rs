@@ -26,7 +26,6 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::auth::{KeyRing, Principal, Scope};
-use crate::config::Config;
 use crate::message::{Message, rfc3339};
 use crate::metrics as m;
 use crate::phone::mask;
@@ -48,8 +47,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     /// Per-carrier due queues.
     pub queues: Arc<Queues>,
-    /// Configuration (routes, limits).
-    pub config: Arc<Config>,
+    /// Configuration and compliance rules (reloadable).
+    pub live: Arc<crate::live::Live>,
     /// Carrier links, for readiness.
     pub links: Vec<CarrierLink>,
     /// False once shutdown began: new sends get 503.
@@ -58,8 +57,6 @@ pub struct AppState {
     pub claims: Arc<crate::dispatch::Claims>,
     /// Free bytes on the data directory's file system, refreshed every second.
     pub disk_free_bytes: std::sync::atomic::AtomicU64,
-    /// Compliance rules.
-    pub compliance: Arc<crate::compliance::Compliance>,
     /// The audit trail.
     pub audit: crate::audit::Audit,
 }
