@@ -298,8 +298,10 @@ fn disk_free(dir: &std::path::Path) -> u64 {
 async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let dir = state.live.config().data_dir.clone();
-        if let Ok(free) = tokio::task::spawn_blocking(move || disk_free(&dir)).await {
+        let store = state.store.clone();
+        if let Ok((free, size)) = tokio::task::spawn_blocking(move || (disk_free(&dir), store.size_on_disk().ok())).await {
             state.disk_free_bytes.store(free, Ordering::Release);
+            metrics::sample(free, size);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

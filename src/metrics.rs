@@ -45,6 +45,17 @@ pub const CONTENT_FLAGS: &str = "smsgate_content_flags_total";
 pub const COMPLIANCE_REJECTIONS: &str = "smsgate_compliance_rejections_total";
 /// `webhooks_total{result}`: webhook deliveries.
 pub const WEBHOOKS: &str = "smsgate_webhooks_total";
+/// Process resident memory, bytes.
+pub const PROCESS_RSS: &str = "smsgate_process_resident_memory_bytes";
+/// Process open file descriptors.
+pub const PROCESS_FDS: &str = "smsgate_process_open_fds";
+/// Process CPU time, user + system, seconds (a gauge: the metrics crate's counters are
+/// integers, and CPU time needs fractions; `rate()` works on it all the same).
+pub const PROCESS_CPU: &str = "smsgate_process_cpu_seconds";
+/// Free bytes on the data directory's file system.
+pub const DISK_FREE: &str = "smsgate_store_disk_free_bytes";
+/// Bytes the store uses on disk.
+pub const STORE_SIZE: &str = "smsgate_store_size_bytes";
 /// `store_commit_seconds`
 pub const STORE_COMMIT: &str = "smsgate_store_commit_seconds";
 /// `store_commit_batch_size`
@@ -109,6 +120,11 @@ fn describe() {
     describe_counter!(CONTENT_FLAGS, "Messages accepted although a PHI content rule matched (action flag)");
     describe_counter!(COMPLIANCE_REJECTIONS, "Sends refused at accept by a compliance rule");
     describe_counter!(WEBHOOKS, "Webhook deliveries by result");
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the smsgate process");
+    describe_gauge!(PROCESS_FDS, "Open file descriptors of the smsgate process");
+    describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) of the smsgate process, ever-increasing");
+    describe_gauge!(DISK_FREE, Unit::Bytes, "Free space on the data directory's file system");
+    describe_gauge!(STORE_SIZE, Unit::Bytes, "Space the store uses on disk");
     describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
 }
 
@@ -198,4 +214,41 @@ pub fn optout(keyword: &str) {
 /// A webhook delivery attempt.
 pub fn webhook(result: &'static str) {
     counter!(WEBHOOKS, "result" => result).increment(1);
+}
+
+/// What `/proc/self` says about this process: (resident bytes, open fds, CPU seconds).
+pub fn process_sample() -> Option<(u64, u64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux architecture smsgate targets.
+    Some((rss_kb * 1024, fds, (utime + stime) / 100.0))
+}
+
+/// Updates the process, disk and store gauges.
+pub fn sample(disk_free: u64, store_size: Option<u64>) {
+    if let Some((rss, fds, cpu)) = process_sample() {
+        gauge!(PROCESS_RSS).set(rss as f64);
+        gauge!(PROCESS_FDS).set(fds as f64);
+        gauge!(PROCESS_CPU).set(cpu);
+    }
+    gauge!(DISK_FREE).set(disk_free as f64);
+    if let Some(size) = store_size {
+        gauge!(STORE_SIZE).set(size as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_self_is_readable() {
+        let (rss, fds, cpu) = super::process_sample().expect("Linux /proc");
+        assert!(rss > 1_000_000 && fds >= 3 && cpu >= 0.0);
+    }
 }
