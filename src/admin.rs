@@ -67,6 +67,11 @@ pub enum AdminRequest {
     RotateDataKey,
     /// Every opt-out, numbers in clear, for CSV export.
     OptOutsExport,
+    /// A consistent backup of the store and the audit log, written by the server to `out`.
+    Backup {
+        /// Output path (on the server's file system).
+        out: PathBuf,
+    },
     /// Record opt-outs (from a CSV import).
     OptOutsImport {
         /// (number, scope) pairs; scope `global` or a sender id.
@@ -89,6 +94,11 @@ pub enum AdminResponse {
     Keys {
         /// Every key.
         keys: Vec<ApiKey>,
+    },
+    /// A backup was written.
+    BackedUp {
+        /// Records in it.
+        records: u64,
     },
     /// The new data key's id.
     Rotated {
@@ -153,6 +163,7 @@ pub async fn execute(
         }
         AdminResponse::Error { message } => (target, format!("error: {message}")),
         AdminResponse::Rotated { key_id } => (key_id.clone(), "ok".to_string()),
+        AdminResponse::BackedUp { records } => (target, format!("ok: {records} records")),
         AdminResponse::Imported { recorded, refused } => {
             (target, format!("recorded {recorded}, refused {}", refused.len()))
         }
@@ -189,6 +200,13 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
             };
         }
         AdminRequest::OptOutsImport { rows } => return import(store, rows).await,
+        AdminRequest::Backup { out } => {
+            let audit_log = crate::audit::log_path(&config.data_dir);
+            return match store.backup(&out, vec![("audit/audit.jsonl".into(), audit_log)]).await {
+                Ok(records) => AdminResponse::BackedUp { records },
+                Err(e) => AdminResponse::Error { message: e.to_string() },
+            };
+        }
         _ => {}
     }
     let admin = KeyAdmin { store, ring };
@@ -210,9 +228,10 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
             .set_policy(&id, content_action.as_deref(), webhook_url.as_deref(), webhook_include_body)
             .await
             .map(|key| AdminResponse::Updated { key }),
-        AdminRequest::RotateDataKey | AdminRequest::OptOutsExport | AdminRequest::OptOutsImport { .. } => {
-            Err(crate::auth::KeyAdminError::Invalid("handled above".into()))
-        }
+        AdminRequest::RotateDataKey
+        | AdminRequest::OptOutsExport
+        | AdminRequest::OptOutsImport { .. }
+        | AdminRequest::Backup { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
     };
     result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
@@ -348,6 +367,7 @@ fn op_name(req: &AdminRequest) -> &'static str {
         AdminRequest::RotateDataKey => "rotate_data_key",
         AdminRequest::OptOutsExport => "optouts_export",
         AdminRequest::OptOutsImport { .. } => "optouts_import",
+        AdminRequest::Backup { .. } => "backup",
         AdminRequest::KeysList => "keys_list",
         AdminRequest::KeysRevoke { .. } => "keys_revoke",
     }

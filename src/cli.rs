@@ -49,6 +49,23 @@ pub enum Command {
         #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
         config: PathBuf,
     },
+    /// Write a consistent backup (store + audit log) while the server runs, or offline.
+    Backup {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Config file.
+        #[arg(long, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
+    /// Restore a backup into an empty data directory (server stopped).
+    Restore {
+        /// Backup file.
+        file: PathBuf,
+        /// Config file (its data_dir is the target).
+        #[arg(long, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
     /// Check or export the audit trail.
     Audit {
         /// Action.
@@ -264,6 +281,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Keys { action, config } => keys(action, &config).await,
         Command::Optouts { action, config } => optouts(action, &config).await,
         Command::Audit { action, config } => audit(action, &config),
+        Command::Backup { out, config } => backup(&out, &config).await,
+        Command::Restore { file, config } => restore(&file, &config),
         Command::SmscSim(args) => smsc_sim(*args).await,
         Command::CheckConfig(args) => check_config(&args.config),
     }
@@ -371,15 +390,45 @@ async fn serve(path: &Path) -> Result<()> {
 }
 
 fn check_config(path: &Path) -> Result<()> {
-    let config = Config::load(path)?;
-    if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key) {
-        crate::tls::server_config(cert, key, &[]).with_context(|| "api.tls_cert / api.tls_key")?;
-    }
-    for c in &config.carriers {
-        if c.tls {
-            crate::tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
-                .with_context(|| format!("carrier {}", c.name))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+            for p in &problems {
+                match crate::config::line_of(&text, p) {
+                    Some(line) => eprintln!("{}:{line}: {p}", path.display()),
+                    None => eprintln!("{}: {p}", path.display()),
+                }
+            }
+            bail!("{}: {} problem(s)", path.display(), problems.len());
         }
+        Err(e) => return Err(e.into()),
+    };
+    let mut problems = Vec::new();
+    if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key)
+        && let Err(e) = crate::tls::server_config(cert, key, &[])
+    {
+        problems.push(format!("api.tls_cert: {e} (does the key match the certificate?)"));
+    }
+    for (i, c) in config.carriers.iter().enumerate() {
+        if c.tls
+            && let Err(e) =
+                crate::tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
+        {
+            problems.push(format!("carriers[{i}] ({}).ca_file: {e}", c.name));
+        }
+    }
+    if let Some(cf) = &config.webhooks.ca_file
+        && let Err(e) = crate::tls::client_config(Some(cf), None)
+    {
+        problems.push(format!("webhooks.ca_file: {e}"));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            let at = crate::config::line_of(&text, p).map(|l| format!(":{l}")).unwrap_or_default();
+            eprintln!("{}{at}: {p}", path.display());
+        }
+        bail!("{}: {} problem(s)", path.display(), problems.len());
     }
     println!("{}: OK ({} carrier(s), {} route(s))", path.display(), config.carriers.len(), config.routes.len());
     Ok(())
@@ -464,6 +513,7 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
         }
         AdminResponse::Revoked { key } => println!("revoked {}", key.id),
         AdminResponse::Rotated { key_id } => println!("new data key {key_id} in use; stored data re-sealed"),
+        AdminResponse::BackedUp { records } => println!("backup written ({records} records)"),
         AdminResponse::Error { message } => bail!(message),
         other => bail!("unexpected answer: {other:?}"),
     }
@@ -519,6 +569,31 @@ async fn optouts(action: OptoutsCommand, config_path: &Path) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn backup(out: &Path, config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    // The server writes the file itself: give it an absolute path.
+    let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
+    match admin_call(&config, AdminRequest::Backup { out: out.clone() }).await? {
+        AdminResponse::BackedUp { records } => {
+            println!(
+                "wrote {} ({records} records + audit log). It holds sealed data only: keep the data keys separately.",
+                out.display()
+            );
+            Ok(())
+        }
+        AdminResponse::Error { message } => bail!(message),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn restore(file: &Path, config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let (records, files) = crate::store::backup::restore(file, &config.data_dir)
+        .with_context(|| format!("restoring {} into {}", file.display(), config.data_dir.display()))?;
+    println!("restored {records} records and {files} file(s) into {}", config.data_dir.display());
     Ok(())
 }
 

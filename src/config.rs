@@ -1022,6 +1022,60 @@ impl Config {
     }
 }
 
+/// The line (1-based) of a problem's key in the TOML text, from the key path at the start of
+/// the problem (`carriers[0] (acme).window: …` → the `window =` line of the first
+/// `[[carriers]]`), or of its table when the key is not written (a default).
+pub fn line_of(text: &str, problem: &str) -> Option<usize> {
+    let path: String = problem.split([':', ' ']).next()?.to_string();
+    // Drop a "(name)" annotation after an index: "carriers[0]" stays, "(acme)" goes.
+    let path = path.trim_end_matches('.');
+    if path.is_empty() {
+        return None;
+    }
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut table = String::new();
+    let mut table_line = None;
+    let mut best: Option<usize> = None;
+    let key_part = problem.split(':').next().unwrap_or("");
+    let key_part = key_part.split(' ').collect::<Vec<_>>();
+    // Rebuild "carriers[0].window" from "carriers[0] (acme).window".
+    let full_path = match key_part.as_slice() {
+        [head, rest] if rest.starts_with('(') => match rest.split_once(")") {
+            Some((_, tail)) => format!("{head}{tail}"),
+            None => head.to_string(),
+        },
+        [head, ..] => head.to_string(),
+        [] => return None,
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+            let n = counts.entry(name.trim().to_string()).or_insert(0);
+            table = format!("{}[{}]", name.trim(), n);
+            *n += 1;
+            if full_path == table || full_path.starts_with(&format!("{table}.")) {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = name.trim().to_string();
+            if full_path == table || full_path.starts_with(&format!("{table}.")) {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        if let Some((key, _)) = line.split_once('=') {
+            let full = if table.is_empty() { key.trim().to_string() } else { format!("{table}.{}", key.trim()) };
+            if full == full_path {
+                best = Some(i + 1);
+                break;
+            }
+        }
+    }
+    best.or(table_line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1107,6 +1161,16 @@ system_id = "gw"
         assert_eq!(c.route("+447911123456", None, Some("other")).unwrap(), vec!["uk", "acme"]);
         let only_uk = MINIMAL.to_string() + "[[routes]]\nprefix = \"+44\"\ncarriers = [\"acme\"]\n";
         assert_eq!(parse(&only_uk).unwrap().route("+14155550123", None, None), None, "no route: refused at accept");
+    }
+
+    #[test]
+    fn problems_point_at_their_line() {
+        let text = "data_dir = \"d\"\n[api]\nlisten = \"x\"\n[[carriers]]\nname = \"a\"\n[[carriers]]\nname = \"b\"\nwindow = 0\n[compliance.quiet_hours]\nstart = \"25:00\"\n";
+        assert_eq!(line_of(text, "carriers[1] (b).window: between 1 and 1000"), Some(8));
+        assert_eq!(line_of(text, "carriers[0] (a).binds: between 1 and 64"), Some(4), "unwritten key: its table");
+        assert_eq!(line_of(text, "compliance.quiet_hours.start: '25:00' is not HH:MM"), Some(10));
+        assert_eq!(line_of(text, "api.listen: bad"), Some(3));
+        assert_eq!(line_of(text, "nothing.here: x"), None);
     }
 
     #[test]

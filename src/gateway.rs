@@ -299,7 +299,9 @@ async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let dir = state.live.config().data_dir.clone();
         let store = state.store.clone();
-        if let Ok((free, size)) = tokio::task::spawn_blocking(move || (disk_free(&dir), store.size_on_disk().ok())).await {
+        if let Ok((free, size)) =
+            tokio::task::spawn_blocking(move || (disk_free(&dir), store.size_on_disk().ok())).await
+        {
             state.disk_free_bytes.store(free, Ordering::Release);
             metrics::sample(free, size);
         }

@@ -219,7 +219,8 @@ pub fn webhook(result: &'static str) {
 /// What `/proc/self` says about this process: (resident bytes, open fds, CPU seconds).
 pub fn process_sample() -> Option<(u64, u64, f64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let rss_kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     let fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may contain spaces) start at state (field 3).

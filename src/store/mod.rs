@@ -11,6 +11,7 @@
 //! The rest of the program sees only this module's types, so the engine can be replaced
 //! (redb, or a distributed log) without touching the API or the dispatcher.
 
+pub mod backup;
 pub mod layout;
 mod writer;
 
@@ -249,6 +250,8 @@ pub struct QueueEntry {
 struct Request {
     ops: Vec<Op>,
     guard: Option<Guard>,
+    /// A backup to take at this point of the write order (ops are then empty).
+    snapshot: Option<backup::Snapshot>,
     reply: oneshot::Sender<Result<Guarded, StoreError>>,
 }
 
@@ -329,7 +332,7 @@ impl Store {
     /// Applies `ops` only if `guard`'s preconditions hold, atomically and durably.
     pub async fn commit_guarded(&self, ops: Vec<Op>, guard: Option<Guard>) -> Result<Guarded, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.inner.tx.send(Request { ops, guard, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.inner.tx.send(Request { ops, guard, snapshot: None, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -492,6 +495,22 @@ impl Store {
             self.commit(chunk.to_vec()).await?;
         }
         Ok(n)
+    }
+
+    /// Writes a consistent backup to `out`: the writer takes it between two commits, so it
+    /// holds exactly the commits before it; `files` (name, path) are added as they are then
+    /// (the audit log). Returns the number of records.
+    pub async fn backup(&self, out: &Path, files: Vec<(String, PathBuf)>) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let (done, count) = oneshot::channel();
+        let snapshot = backup::Snapshot { out: out.to_path_buf(), files, done };
+        self.inner
+            .tx
+            .send(Request { ops: Vec::new(), guard: None, snapshot: Some(snapshot), reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        count.await.map_err(|_| StoreError::Closed)
     }
 
     /// Bytes used on disk.

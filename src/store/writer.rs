@@ -40,11 +40,21 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
+            let mut next = None;
+            while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+                if first.snapshot.is_some() {
+                    take_snapshot(&db, first);
+                    continue;
+                }
                 let mut requests = vec![first];
                 let mut ops = requests[0].ops.len();
                 while ops < max_ops {
                     match rx.try_recv() {
+                        // A backup waits until what came before it is committed.
+                        Ok(r) if r.snapshot.is_some() => {
+                            next = Some(r);
+                            break;
+                        }
                         Ok(r) => {
                             ops += r.ops.len();
                             requests.push(r);
@@ -66,6 +76,19 @@ pub(super) fn spawn(
         })
         .map_err(|e| StoreError::Io(format!("spawn store writer: {e}")))?;
     Ok(())
+}
+
+fn take_snapshot(db: &sled::Db, request: Request) {
+    let Some(snapshot) = request.snapshot else { return };
+    let result = super::backup::write(db, &snapshot.out, &snapshot.files);
+    let reply = match result {
+        Ok(count) => {
+            let _ = snapshot.done.send(count);
+            Ok(Guarded::Applied(Vec::new()))
+        }
+        Err(e) => Err(e),
+    };
+    let _ = request.reply.send(reply);
 }
 
 fn commit_group(

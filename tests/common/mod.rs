@@ -260,6 +260,21 @@ impl Client {
 }
 
 impl Conn {
+    /// GETs a path; `Err` if the connection broke.
+    pub async fn get_json(&mut self, path: &str) -> Result<(StatusCode, Value), hyper::Error> {
+        self.sender.ready().await?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
     /// POSTs JSON; `Err` if the connection broke.
     pub async fn post(&mut self, path: &str, body: &Value) -> Result<(StatusCode, Value), hyper::Error> {
         self.sender.ready().await?;
@@ -310,6 +325,13 @@ impl SimProcess {
         let mut cmd = std::process::Command::new("node");
         cmd.arg(dir.join("sim.js"));
         Some(Self::spawn(cmd, certs, args))
+    }
+
+    /// Starts the built-in simulator as a process (`smsgate smsc-sim`).
+    pub fn builtin(certs: &Certs, args: &[&str]) -> SimProcess {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"));
+        cmd.arg("smsc-sim");
+        Self::spawn(cmd, certs, args)
     }
 
     fn spawn(mut cmd: std::process::Command, certs: &Certs, args: &[&str]) -> SimProcess {

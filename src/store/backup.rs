@@ -1,0 +1,173 @@
+//! Backup and restore of the store (plus named files, i.e. the audit log) as one file.
+//!
+//! Format: `SMSGATE-BACKUP\x01\n`, then records `0x01 ‖ u32 key length ‖ key ‖ u32 value
+//! length ‖ value`, then files `0x02 ‖ u16 name length ‖ name ‖ u64 length ‖ bytes`, then
+//! `0x00 ‖ SHA-256 of everything before the digest`. Values stay sealed: a backup is as
+//! unreadable as the store without the data keys, which it does not contain.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ring::digest::{Context, SHA256};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+const MAGIC: &[u8] = b"SMSGATE-BACKUP\x01\n";
+
+/// A backup request for the writer thread.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Output file.
+    pub out: PathBuf,
+    /// Extra files to include: (name inside the backup, path now).
+    pub files: Vec<(String, PathBuf)>,
+    /// Gets the record count.
+    pub done: oneshot::Sender<u64>,
+}
+
+struct Hashing<W: Write> {
+    inner: W,
+    hash: Context,
+}
+
+impl<W: Write> Hashing<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hash.update(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+fn io(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{what}: {e}"))
+}
+
+/// Writes the whole tree and the files to `out` (called on the writer thread, between commits).
+pub fn write(db: &sled::Db, out: &Path, files: &[(String, PathBuf)]) -> Result<u64, StoreError> {
+    let file = File::create(out).map_err(|e| io(&out.display().to_string(), e))?;
+    let mut w = Hashing { inner: BufWriter::new(file), hash: Context::new(&SHA256) };
+    let e = |err| io("writing the backup", err);
+    w.put(MAGIC).map_err(e)?;
+    let mut count = 0u64;
+    for item in db.iter() {
+        let (k, v) = item?;
+        w.put(&[1]).map_err(e)?;
+        w.put(&(k.len() as u32).to_be_bytes()).map_err(e)?;
+        w.put(&k).map_err(e)?;
+        w.put(&(v.len() as u32).to_be_bytes()).map_err(e)?;
+        w.put(&v).map_err(e)?;
+        count += 1;
+    }
+    for (name, path) in files {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io(&path.display().to_string(), err)),
+        };
+        w.put(&[2]).map_err(e)?;
+        w.put(&(name.len() as u16).to_be_bytes()).map_err(e)?;
+        w.put(name.as_bytes()).map_err(e)?;
+        w.put(&(bytes.len() as u64).to_be_bytes()).map_err(e)?;
+        w.put(&bytes).map_err(e)?;
+    }
+    w.put(&[0]).map_err(e)?;
+    let digest = w.hash.finish();
+    w.inner.write_all(digest.as_ref()).map_err(e)?;
+    let file = w.inner.into_inner().map_err(|err| io("writing the backup", err.into_error()))?;
+    file.sync_all().map_err(e)?;
+    Ok(count)
+}
+
+/// What a backup file holds.
+#[derive(Debug, Default)]
+pub struct Contents {
+    /// Store records.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Named files.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads and verifies a backup file.
+pub fn read(path: &Path) -> Result<Contents, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io(&path.display().to_string(), e))?;
+    let bad = |why: &str| StoreError::Corrupt { key: path.display().to_string(), reason: why.to_string() };
+    if bytes.len() < MAGIC.len() + 33 || !bytes.starts_with(MAGIC) {
+        return Err(bad("not an smsgate backup"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if ring::digest::digest(&SHA256, body).as_ref() != digest {
+        return Err(bad("checksum mismatch: the file is damaged or incomplete"));
+    }
+    let mut contents = Contents::default();
+    let mut at = MAGIC.len();
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], StoreError> {
+        let s = body.get(*at..*at + n).ok_or_else(|| bad("truncated"))?;
+        *at += n;
+        Ok(s)
+    };
+    loop {
+        match take(&mut at, 1)?[0] {
+            0 => break,
+            1 => {
+                let kl = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("length"))?) as usize;
+                let k = take(&mut at, kl)?.to_vec();
+                let vl = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("length"))?) as usize;
+                let v = take(&mut at, vl)?.to_vec();
+                contents.records.push((k, v));
+            }
+            2 => {
+                let nl = u16::from_be_bytes(take(&mut at, 2)?.try_into().map_err(|_| bad("length"))?) as usize;
+                let name = String::from_utf8(take(&mut at, nl)?.to_vec()).map_err(|_| bad("file name"))?;
+                let len = u64::from_be_bytes(take(&mut at, 8)?.try_into().map_err(|_| bad("length"))?) as usize;
+                contents.files.push((name, take(&mut at, len)?.to_vec()));
+            }
+            _ => return Err(bad("unknown section")),
+        }
+    }
+    Ok(contents)
+}
+
+/// Restores a backup into `data_dir`, which must not hold a store yet.
+pub fn restore(backup: &Path, data_dir: &Path) -> Result<(u64, usize), StoreError> {
+    let contents = read(backup)?;
+    let store_dir = data_dir.join("store");
+    if store_dir.join("db").exists() {
+        return Err(StoreError::Io(format!(
+            "{} already holds a store; restore only into an empty data directory",
+            data_dir.display()
+        )));
+    }
+    for (name, _) in &contents.files {
+        let p = Path::new(name);
+        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(StoreError::Corrupt {
+                key: name.clone(),
+                reason: "file name escapes the data directory".into(),
+            });
+        }
+    }
+    std::fs::create_dir_all(&store_dir).map_err(|e| io(&store_dir.display().to_string(), e))?;
+    let db = sled::Config::new().path(&store_dir).open()?;
+    let mut count = 0u64;
+    for chunk in contents.records.chunks(10_000) {
+        let mut batch = sled::Batch::default();
+        for (k, v) in chunk {
+            batch.insert(k.as_slice(), v.as_slice());
+            count += 1;
+        }
+        db.apply_batch(batch)?;
+    }
+    db.flush()?;
+    File::open(store_dir.join("db")).and_then(|f| f.sync_all()).map_err(|e| io("fsync", e))?;
+    drop(db);
+    for (name, bytes) in &contents.files {
+        let path = data_dir.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+        }
+        std::fs::write(&path, bytes).map_err(|e| io(&path.display().to_string(), e))?;
+    }
+    Ok((count, contents.files.len()))
+}
