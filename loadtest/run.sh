@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Starts the built-in SMSC simulator and smsgate (release build) with loadtest/perf.toml, creates
+# an API key, and runs smsgate-loadtest with the arguments given (or a default closed-loop run).
+#   loadtest/run.sh --connections 64 --duration 60
+#   SIM_ARGS="--throttle 1000" loadtest/run.sh --mode open --rate 5000 --duration 30
+# Everything runs on loopback; state goes to loadtest/work/ (deleted at each start unless KEEP=1).
+set -euo pipefail
+cd "$(dirname "$0")"
+BIN=../target/release/smsgate
+LT=../target/release/smsgate-loadtest
+[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --release --workspace)
+[ "${KEEP:-0}" = 1 ] || rm -rf work
+mkdir -p work
+for n in api smsc; do
+  [ -f work/$n.crt ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" -keyout work/$n.key -out work/$n.crt 2>/dev/null
+done
+[ -f work/data.keys ] || $BIN keys init-data-keys --out work/data.keys >/dev/null
+$BIN smsc-sim --port 0 --control-port 18775 --tls-port 12776 --cert work/smsc.crt --key work/smsc.key \
+  --dlr-delay-ms "${DLR_DELAY_MS:-1}" ${SIM_ARGS:-} > work/sim.out 2> work/sim.err &
+SIM=$!
+trap 'kill $SIM $GW 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+KEY=$($BIN keys create --name perf --scopes send,read --config perf.toml | awk '/^token:/ {print $2}')
+$BIN serve --config perf.toml 2> work/gateway.log &
+GW=$!
+for _ in $(seq 100); do curl -skf https://127.0.0.1:18443/readyz >/dev/null && break; sleep 0.1; done
+$LT --url https://127.0.0.1:18443 --ca work/api.crt --key "$KEY" \
+  --sim-control http://127.0.0.1:18775 --metrics http://127.0.0.1:19464/metrics "${@:---duration 10}"
