@@ -30,6 +30,15 @@ impl E164 {
         if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
             return Err(PhoneError::NotE164);
         }
+        if fast::is_valid_as_is(digits) {
+            return Ok(E164(input.to_string()));
+        }
+        Self::parse_slow(input)
+    }
+
+    /// The `phonenumber` crate's own parse + validate + format: the reference that
+    /// [`fast`] must agree with, and the path for anything [`fast`] does not settle.
+    fn parse_slow(input: &str) -> Result<Self, PhoneError> {
         let parsed = phonenumber::parse(None, input).map_err(|_| PhoneError::Invalid)?;
         if !parsed.is_valid() {
             return Err(PhoneError::Invalid);
@@ -79,6 +88,188 @@ pub fn mask(s: &str) -> String {
     format!("{head}***{tail}")
 }
 
+/// The ISO region (e.g. `DE`, `US`) libphonenumber's metadata assigns to a number, if any.
+pub fn region_of(e164: &str) -> Option<String> {
+    let digits = e164.strip_prefix('+')?;
+    if let Some(region) = fast::region(digits) {
+        return Some(region);
+    }
+    let parsed = phonenumber::parse(None, e164).ok()?;
+    parsed.country().id().map(|id| format!("{id:?}"))
+}
+
+/// libphonenumber's validity rules (the `phonenumber` crate's metadata, same patterns, same
+/// order of checks) compiled once per country calling code into plain `regex::Regex`es.
+///
+/// Why not just call the crate: it looks every pattern up by its text in one global
+/// `Mutex<LruCache<String, Regex>>`, hashing pattern strings hundreds of bytes long with
+/// SipHash on each use; a parse + validate cost ~11 µs and serialised the API's threads on that
+/// mutex (docs/performance.md). Here the metadata is the crate's, only the regex handling is
+/// ours. Anything this module does not settle (a national prefix that libphonenumber would
+/// strip, a number it finds invalid) goes to the crate, so the verdicts cannot differ; the
+/// property test below compares the two on random numbers.
+mod fast {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, RwLock};
+
+    use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
+    use regex::Regex;
+
+    struct Pattern {
+        regex: Regex,
+        lengths: Vec<u16>,
+    }
+
+    impl Pattern {
+        fn new(d: &Descriptor) -> Option<Pattern> {
+            let regex = anchored(d.national_number().as_str())?;
+            Some(Pattern { regex, lengths: d.possible_length().to_vec() })
+        }
+
+        /// `Descriptor::is_match`: a possible length, and the pattern matches at the start.
+        fn matches(&self, national: &str) -> bool {
+            (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
+                && self.regex.is_match(national)
+        }
+    }
+
+    /// "The leftmost match starts at 0" (the crate's test) is the same as "an anchored match
+    /// exists", which the regex engine answers without scanning the rest of the string.
+    fn anchored(pattern: &str) -> Option<Regex> {
+        regex::RegexBuilder::new(&format!("^(?:{pattern}\n)")).ignore_whitespace(true).build().ok()
+    }
+
+    struct Region {
+        id: String,
+        leading_digits: Option<Regex>,
+        national_prefix: Option<Regex>,
+        general: Pattern,
+        /// Every number type of `validator::number_type`; a match on any makes it valid.
+        types: Vec<Pattern>,
+    }
+
+    impl Region {
+        fn new(meta: &Metadata) -> Option<Region> {
+            let d = meta.descriptors();
+            let types = [
+                d.premium_rate(),
+                d.toll_free(),
+                d.shared_cost(),
+                d.voip(),
+                d.personal_number(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+                d.fixed_line(),
+                d.mobile(),
+            ];
+            let prefix_pattern = meta
+                .national_prefix_for_parsing()
+                .map(|r| r.as_str().to_string())
+                .or_else(|| meta.national_prefix().map(regex::escape));
+            Some(Region {
+                id: meta.id().to_string(),
+                leading_digits: match meta.leading_digits() {
+                    Some(r) => Some(anchored(r.as_str())?),
+                    None => None,
+                },
+                national_prefix: match prefix_pattern {
+                    Some(p) => Some(regex::RegexBuilder::new(&p).ignore_whitespace(true).build().ok()?),
+                    None => None,
+                },
+                general: Pattern::new(d.general())?,
+                types: types.into_iter().flatten().map(Pattern::new).collect::<Option<Vec<_>>>()?,
+            })
+        }
+
+        fn is_valid(&self, national: &str) -> bool {
+            self.general.matches(national) && self.types.iter().any(|t| t.matches(national))
+        }
+
+        /// libphonenumber would strip something here before validating: leave it to the crate.
+        fn may_strip_prefix(&self, national: &str) -> bool {
+            self.national_prefix.as_ref().is_some_and(|r| r.find(national).is_some_and(|m| m.start() == 0 && !m.is_empty()))
+        }
+    }
+
+    /// The regions sharing one calling code, in the crate's order; `None` when the patterns
+    /// would not compile (then everything goes to the crate).
+    type Code = Option<Vec<Region>>;
+
+    static CODES: LazyLock<RwLock<HashMap<u16, Arc<Code>>>> = LazyLock::new(|| RwLock::new(HashMap::new()));
+
+    fn compiled(code: u16) -> Arc<Code> {
+        if let Some(c) = CODES.read().unwrap_or_else(|p| p.into_inner()).get(&code) {
+            return c.clone();
+        }
+        let regions = DATABASE.region(&code).and_then(|ids| {
+            ids.iter()
+                .map(|id| {
+                    // Non-geographic codes all have the id "001": look those up by code.
+                    let meta = if *id == "001" {
+                        DATABASE.by_code(&code).and_then(|m| m.into_iter().next())
+                    } else {
+                        DATABASE.by_id(*id)
+                    };
+                    meta.and_then(Region::new)
+                })
+                .collect::<Option<Vec<_>>>()
+        });
+        let entry = Arc::new(regions);
+        CODES.write().unwrap_or_else(|p| p.into_inner()).insert(code, entry.clone());
+        entry
+    }
+
+    /// Splits off the calling code (calling codes are prefix-free, 1–3 digits).
+    /// A national number starting with 0 (Italian style) is stored by the crate as a number plus
+    /// a leading-zero flag: leave those to the crate.
+    fn split(digits: &str) -> Option<(u16, &str)> {
+        (1..=3)
+            .filter(|&n| n < digits.len())
+            .find_map(|n| {
+                let code: u16 = digits[..n].parse().ok()?;
+                DATABASE.region(&code).map(|_| (code, &digits[n..]))
+            })
+            .filter(|(_, national)| !national.starts_with('0'))
+    }
+
+    /// `validator::source_for`: which region's rules apply to `national`.
+    fn source<'a>(regions: &'a [Region], national: &str) -> Option<&'a Region> {
+        if regions.len() == 1 {
+            return regions.first();
+        }
+        regions.iter().find(|r| match &r.leading_digits {
+            Some(pattern) => pattern.is_match(national),
+            None => r.is_valid(national),
+        })
+    }
+
+    /// True when `digits` (E.164 without `+`) is valid exactly as written; false means "ask
+    /// the crate", not "invalid".
+    pub(super) fn is_valid_as_is(digits: &str) -> bool {
+        let Some((code, national)) = split(digits) else { return false };
+        let compiled = compiled(code);
+        let Some(regions) = compiled.as_ref() else { return false };
+        if regions.iter().any(|r| r.may_strip_prefix(national)) {
+            return false;
+        }
+        source(regions, national).is_some_and(|r| r.is_valid(national))
+    }
+
+    /// The region of a number valid as written (`None`: ask the crate).
+    pub(super) fn region(digits: &str) -> Option<String> {
+        let (code, national) = split(digits)?;
+        let compiled = compiled(code);
+        let regions = compiled.as_ref().as_ref()?;
+        if regions.iter().any(|r| r.may_strip_prefix(national)) {
+            return None;
+        }
+        let region = source(regions, national)?;
+        // The crate reports "001" (non-geographic) codes without a country.
+        (region.id != "001" && region.is_valid(national)).then(|| region.id.clone())
+    }
+}
+
 impl fmt::Display for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked())
@@ -123,6 +314,62 @@ mod tests {
         // 555 is not a NANP area code; +44 7700 900123 is Ofcom's drama range.
         assert_eq!(E164::parse("+15555550123"), Err(PhoneError::Invalid));
         assert_eq!(E164::parse("+999123456789"), Err(PhoneError::Invalid));
+    }
+
+    fn digits_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Calling codes with one region, several regions (NANP, +7, +44, +61), and odd rules.
+        let codes = prop::sample::select(vec![
+            "1", "7", "20", "27", "33", "34", "39", "44", "49", "52", "54", "55", "61", "62", "81", "86", "91", "234",
+            "351", "353", "358", "380", "972", "971", "882", "800", "979",
+        ]);
+        let random = (codes, "[0-9]{5,13}").prop_map(|(c, rest)| format!("{c}{rest}"));
+        // Mostly valid numbers too: every region's example numbers with the last digits changed.
+        let examples: Vec<String> = phonenumber::metadata::DATABASE
+            .iter()
+            .flat_map(|m| {
+                let d = m.descriptors();
+                [d.mobile(), d.fixed_line(), d.toll_free(), d.voip()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|desc| desc.example().map(|e| format!("{}{e}", m.country_code())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let near_valid = (prop::sample::select(examples), "[0-9]{3}")
+            .prop_map(|(e, tail)| format!("{}{tail}", &e[..e.len().saturating_sub(3)]));
+        prop_oneof![random, near_valid].prop_filter("E.164 length", |d| d.len() <= 15)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// The fast path never says anything the crate would not.
+        #[test]
+        fn fast_path_agrees_with_phonenumber(digits in digits_strategy()) {
+            let input = format!("+{digits}");
+            proptest::prop_assume!(digits.len() >= 8 && !digits.starts_with('0'));
+            let slow = E164::parse_slow(&input);
+            if fast::is_valid_as_is(&digits) {
+                proptest::prop_assert_eq!(Ok(E164(input.clone())), slow.clone());
+            }
+            proptest::prop_assert_eq!(E164::parse(&input), slow);
+            if let Some(region) = fast::region(&digits) {
+                let parsed = phonenumber::parse(None, &input).map(|p| p.country().id().map(|id| format!("{id:?}")));
+                proptest::prop_assert_eq!(Some(region), parsed.ok().flatten());
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_common_numbers() {
+        for n in ["14155550123", "447911123456", "4915123456789", "33612345678", "61412345678", "5511987654321"] {
+            assert!(fast::is_valid_as_is(n), "{n}");
+        }
+        assert_eq!(region_of("+442079460000").as_deref(), Some("GB"));
+        // 7911 is one of Guernsey's mobile ranges.
+        assert_eq!(region_of("+447911123456").as_deref(), Some("GG"));
+        assert_eq!(region_of("+14165550123").as_deref(), Some("CA"));
+        assert_eq!(region_of("+4915123456789").as_deref(), Some("DE"));
     }
 
     #[test]

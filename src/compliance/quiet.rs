@@ -86,9 +86,7 @@ const SINGLE_ZONE: &[(&str, &str)] = &[
 
 /// The zone a number's country fixes, if it fixes one.
 pub fn zone_of_number(e164: &str) -> Option<&'static str> {
-    let parsed = phonenumber::parse(None, e164).ok()?;
-    let region = parsed.country().id()?;
-    let code = format!("{region:?}");
+    let code = crate::phone::region_of(e164)?;
     SINGLE_ZONE.iter().find(|(r, _)| *r == code).map(|(_, z)| *z)
 }
 
