@@ -174,7 +174,7 @@ mod fast {
                     None => None,
                 },
                 national_prefix: match prefix_pattern {
-                    Some(p) => Some(regex::RegexBuilder::new(&p).ignore_whitespace(true).build().ok()?),
+                    Some(p) => Some(anchored(&p)?),
                     None => None,
                 },
                 general: Pattern::new(d.general())?,
@@ -188,7 +188,7 @@ mod fast {
 
         /// libphonenumber would strip something here before validating: leave it to the crate.
         fn may_strip_prefix(&self, national: &str) -> bool {
-            self.national_prefix.as_ref().is_some_and(|r| r.find(national).is_some_and(|m| m.start() == 0 && !m.is_empty()))
+            self.national_prefix.as_ref().is_some_and(|r| r.find(national).is_some_and(|m| !m.is_empty()))
         }
     }
 
