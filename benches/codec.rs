@@ -53,7 +53,9 @@ fn codec(c: &mut Criterion) {
     let frame = pdu::frame_of(&wire);
     g.bench_function("deliver_sm_tlv_encode", |b| b.iter(|| pdu::encode_deliver_sm(black_box(9), black_box(&dlr))));
     g.bench_function("deliver_sm_tlv_decode", |b| b.iter(|| frame.as_ref().map(|f| pdu::decode(black_box(f)))));
-    g.bench_function("submit_sm_resp_encode", |b| b.iter(|| pdu::submit_sm_resp(black_box(7), 0, black_box("0123456789"))));
+    g.bench_function("submit_sm_resp_encode", |b| {
+        b.iter(|| pdu::submit_sm_resp(black_box(7), 0, black_box("0123456789")))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("receipt");

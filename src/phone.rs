@@ -142,7 +142,6 @@ mod fast {
     struct Region {
         id: String,
         leading_digits: Option<Regex>,
-        national_prefix: Option<Regex>,
         general: Pattern,
         /// Every number type of `validator::number_type`; a match on any makes it valid.
         types: Vec<Pattern>,
@@ -163,18 +162,10 @@ mod fast {
                 d.fixed_line(),
                 d.mobile(),
             ];
-            let prefix_pattern = meta
-                .national_prefix_for_parsing()
-                .map(|r| r.as_str().to_string())
-                .or_else(|| meta.national_prefix().map(regex::escape));
             Some(Region {
                 id: meta.id().to_string(),
                 leading_digits: match meta.leading_digits() {
                     Some(r) => Some(anchored(r.as_str())?),
-                    None => None,
-                },
-                national_prefix: match prefix_pattern {
-                    Some(p) => Some(anchored(&p)?),
                     None => None,
                 },
                 general: Pattern::new(d.general())?,
@@ -185,16 +176,41 @@ mod fast {
         fn is_valid(&self, national: &str) -> bool {
             self.general.matches(national) && self.types.iter().any(|t| t.matches(national))
         }
+    }
+
+    /// The regions sharing one calling code, in the crate's order.
+    struct Regions {
+        regions: Vec<Region>,
+        /// Their national prefixes for parsing, once each (the 25 NANP regions share one).
+        national_prefixes: Vec<Regex>,
+    }
+
+    impl Regions {
+        fn new(metas: Vec<&Metadata>) -> Option<Regions> {
+            let mut patterns: Vec<String> = metas
+                .iter()
+                .filter_map(|m| {
+                    m.national_prefix_for_parsing()
+                        .map(|r| r.as_str().to_string())
+                        .or_else(|| m.national_prefix().map(regex::escape))
+                })
+                .collect();
+            patterns.sort();
+            patterns.dedup();
+            Some(Regions {
+                regions: metas.into_iter().map(Region::new).collect::<Option<Vec<_>>>()?,
+                national_prefixes: patterns.iter().map(|p| anchored(p)).collect::<Option<Vec<_>>>()?,
+            })
+        }
 
         /// libphonenumber would strip something here before validating: leave it to the crate.
         fn may_strip_prefix(&self, national: &str) -> bool {
-            self.national_prefix.as_ref().is_some_and(|r| r.find(national).is_some_and(|m| !m.is_empty()))
+            self.national_prefixes.iter().any(|r| r.find(national).is_some_and(|m| !m.is_empty()))
         }
     }
 
-    /// The regions sharing one calling code, in the crate's order; `None` when the patterns
-    /// would not compile (then everything goes to the crate).
-    type Code = Option<Vec<Region>>;
+    /// `None` when the patterns would not compile (then everything goes to the crate).
+    type Code = Option<Regions>;
 
     static CODES: LazyLock<RwLock<HashMap<u16, Arc<Code>>>> = LazyLock::new(|| RwLock::new(HashMap::new()));
 
@@ -206,14 +222,14 @@ mod fast {
             ids.iter()
                 .map(|id| {
                     // Non-geographic codes all have the id "001": look those up by code.
-                    let meta = if *id == "001" {
+                    if *id == "001" {
                         DATABASE.by_code(&code).and_then(|m| m.into_iter().next())
                     } else {
                         DATABASE.by_id(*id)
-                    };
-                    meta.and_then(Region::new)
+                    }
                 })
                 .collect::<Option<Vec<_>>>()
+                .and_then(Regions::new)
         });
         let entry = Arc::new(regions);
         CODES.write().unwrap_or_else(|p| p.into_inner()).insert(code, entry.clone());
@@ -250,10 +266,10 @@ mod fast {
         let Some((code, national)) = split(digits) else { return false };
         let compiled = compiled(code);
         let Some(regions) = compiled.as_ref() else { return false };
-        if regions.iter().any(|r| r.may_strip_prefix(national)) {
+        if regions.may_strip_prefix(national) {
             return false;
         }
-        source(regions, national).is_some_and(|r| r.is_valid(national))
+        source(&regions.regions, national).is_some_and(|r| r.is_valid(national))
     }
 
     /// The region of a number valid as written (`None`: ask the crate).
@@ -261,10 +277,10 @@ mod fast {
         let (code, national) = split(digits)?;
         let compiled = compiled(code);
         let regions = compiled.as_ref().as_ref()?;
-        if regions.iter().any(|r| r.may_strip_prefix(national)) {
+        if regions.may_strip_prefix(national) {
             return None;
         }
-        let region = source(regions, national)?;
+        let region = source(&regions.regions, national)?;
         // The crate reports "001" (non-geographic) codes without a country.
         (region.id != "001" && region.is_valid(national)).then(|| region.id.clone())
     }

@@ -12,6 +12,10 @@
 //! `--metrics` smsgate's `/metrics`, to report submit_sm/s, receipts/s, accept → delivered
 //! percentiles (from the histogram) and the gateway's CPU per message.
 
+/// Same allocator as the gateway: the generator shares the 2 cores it measures on.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
