@@ -117,6 +117,10 @@ struct Shared {
 
 impl Shared {
     /// Claims the next message numbers for one request; `None` when a bound is reached.
+    fn load_over(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.started.elapsed().as_secs_f64() >= self.args.duration
+    }
+
     fn claim(&self) -> Option<u64> {
         if self.stop.load(Ordering::Relaxed) || self.started.elapsed().as_secs_f64() >= self.args.duration {
             return None;
@@ -375,12 +379,31 @@ async fn main() -> Result<()> {
             None => tokio::spawn(closed_worker(sh, conn)),
         });
     }
+    // Queue depth once a second while the load runs: "flat" is the end-to-end claim.
+    let depth_task = shared.args.metrics.clone().map(|url| {
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !sh.load_over() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(text) = get_text(&url).await {
+                    samples.push(metric_sum(&text, "smsgate_queue_depth"));
+                }
+            }
+            samples
+        })
+    });
     if let Some(t) = ticket_task {
         let _ = t.await;
     }
     for t in tasks {
         let _ = t.await;
     }
+    shared.stop.store(true, Ordering::Relaxed);
+    let depth = match depth_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let elapsed = shared.started.elapsed().as_secs_f64();
     let accepted = shared.accepted.load(Ordering::Relaxed);
 
@@ -417,6 +440,13 @@ async fn main() -> Result<()> {
         "errors": *shared.errors.lock().await,
         "accept_latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99.9": ms(0.999), "max": h.max() as f64 / 1000.0},
     });
+    if !depth.is_empty() {
+        report["queue_depth"] = json!({
+            "max": depth.iter().cloned().fold(0.0, f64::max),
+            "at_end_of_load": depth.last(),
+            "per_second": depth,
+        });
+    }
     if shared.args.mode == Mode::Open {
         report["offered_per_sec"] = json!(shared.args.rate * shared.args.batch as f64);
     }
@@ -456,6 +486,10 @@ async fn main() -> Result<()> {
         print_human(&report);
     }
     Ok(())
+}
+
+fn ms1(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
 }
 
 fn print_human(r: &Value) {
@@ -502,10 +536,17 @@ fn print_human(r: &Value) {
             "  gateway       {:.1} µs CPU per message, RSS {:.0} MB, accept→submitted p50 {} p99 {} ms, accept→delivered p50 {} p99 {} ms",
             g["cpu_us_per_accepted_message"].as_f64().unwrap_or(0.0),
             g["rss_mb"].as_f64().unwrap_or(0.0),
-            g["accept_to_submitted_ms"]["p50"],
-            g["accept_to_submitted_ms"]["p99"],
-            g["accept_to_delivered_ms"]["p50"],
-            g["accept_to_delivered_ms"]["p99"]
+            ms1(&g["accept_to_submitted_ms"]["p50"]),
+            ms1(&g["accept_to_submitted_ms"]["p99"]),
+            ms1(&g["accept_to_delivered_ms"]["p50"]),
+            ms1(&g["accept_to_delivered_ms"]["p99"])
+        );
+    }
+    if let Some(d) = r.get("queue_depth") {
+        println!(
+            "  queue depth   max {} during the load, {} at its end",
+            d["max"],
+            d["at_end_of_load"]
         );
     }
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The "1,000,000 queued behind a stopped carrier" run: smsgate with its carrier down takes
+# COUNT messages through the batch endpoint; then RSS is read, smsgate is restarted (SIGTERM,
+# start) with the simulator back up, the time from exec to /readyz 200 is taken, and the drain
+# to the simulator is timed.   loadtest/queued.sh            (COUNT=1000000 by default)
+set -euo pipefail
+cd "$(dirname "$0")"
+COUNT="${COUNT:-1000000}"
+BIN=../target/release/smsgate
+LT=../target/release/smsgate-loadtest
+[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --release --workspace)
+rm -rf work && mkdir -p work
+for n in api smsc; do
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" -keyout work/$n.key -out work/$n.crt 2>/dev/null
+done
+$BIN keys init-data-keys --out work/data.keys >/dev/null
+sed -e 's#"work/#"#' perf.toml > work/gateway.toml
+KEY=$($BIN keys create --name perf --scopes send,read --config work/gateway.toml | awk '/^token:/ {print $2}')
+trap 'kill ${SIM_PID:-} ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+rss() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status; }
+now() { date +%s.%N; }
+
+echo "== 1. carrier down, $COUNT messages in through POST /v1/messages/batch"
+$BIN serve --config work/gateway.toml 2> work/gateway.log &
+GW=$!
+for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18443/healthz && break; sleep 0.1; done
+$LT --url https://127.0.0.1:18443 --ca work/api.crt --key "$KEY" --connections 8 --batch 100 \
+  --count "$COUNT" --duration 600 --metrics http://127.0.0.1:19464/metrics
+echo "queued (readyz): $(curl -sk https://127.0.0.1:18443/readyz | sed 's/.*"queued":\([0-9]*\).*/\1/')"
+echo "RSS with $COUNT queued: $(rss $GW) MB; store on disk: $(du -sm work/data | cut -f1) MB"
+
+echo "== 2. restart with the carrier back"
+t0=$(now); kill -TERM $GW; wait $GW || true; t1=$(now)
+echo "stop took $(echo "$t1 - $t0" | bc) s"
+$BIN smsc-sim --port 0 --control-port 18775 --tls-port 12776 --cert work/smsc.crt --key work/smsc.key \
+  --dlr-delay-ms 1 > work/sim.out 2> work/sim.err &
+SIM_PID=$!
+sleep 0.5
+t0=$(now)
+$BIN serve --config work/gateway.toml 2>> work/gateway.log &
+GW=$!
+until curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:18443/readyz 2>/dev/null | grep -q 200; do sleep 0.05; done
+t1=$(now)
+echo "restart to ready: $(echo "$t1 - $t0" | bc) s (RSS $(rss $GW) MB)"
+
+echo "== 3. drain"
+t0=$(now); max_rss=0; last=0
+while :; do
+  sent=$(curl -s http://127.0.0.1:18775/stats | sed 's/.*"submit_sm_ok":\([0-9]*\).*/\1/')
+  r=$(rss $GW); [ "$r" -gt "$max_rss" ] && max_rss=$r
+  [ "$sent" -ge "$COUNT" ] && break
+  t=$(now)
+  if [ "$(echo "$t - $t0 > 900" | bc)" = 1 ]; then echo "drain incomplete after 900 s: $sent"; break; fi
+  sleep 1
+done
+t1=$(now)
+secs=$(echo "$t1 - $t0" | bc)
+echo "drained $sent submit_sm in $secs s = $(echo "$sent / $secs" | bc) /s; max RSS while draining $max_rss MB"
+sleep 2
+echo "receipts acknowledged: $(curl -s http://127.0.0.1:18775/stats | sed 's/.*"dlr_resp_ok":\([0-9]*\).*/\1/')"
