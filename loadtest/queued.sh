@@ -6,16 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 COUNT="${COUNT:-1000000}"
-BIN=../target/release/smsgate
-LT=../target/release/smsgate-loadtest
-[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --release --workspace)
+# PROFILE=debug runs the debug build (CI's smoke run); figures come from release only.
+PROFILE="${PROFILE:-release}"
+BIN=../target/$PROFILE/smsgate
+LT=../target/$PROFILE/smsgate-loadtest
+[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --workspace $([ "$PROFILE" = release ] && echo --release))
 rm -rf work && mkdir -p work
 for n in api smsc; do
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" -keyout work/$n.key -out work/$n.crt 2>/dev/null
 done
 $BIN keys init-data-keys --out work/data.keys >/dev/null
-sed -e 's#"work/#"#' perf.toml > work/gateway.toml
+sed -e 's#"work/#"#' -e "s#^cache_mb = 128#cache_mb = ${CACHE_MB:-128}#" perf.toml > work/gateway.toml
 KEY=$($BIN keys create --name perf --scopes send,read --config work/gateway.toml | awk '/^token:/ {print $2}')
 trap 'kill ${SIM_PID:-} ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 rss() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status; }
@@ -27,7 +29,8 @@ GW=$!
 for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18443/healthz && break; sleep 0.1; done
 $LT --url https://127.0.0.1:18443 --ca work/api.crt --key "$KEY" --connections 8 --batch 100 \
   --count "$COUNT" --duration 600 --metrics http://127.0.0.1:19464/metrics
-echo "queued (readyz): $(curl -sk https://127.0.0.1:18443/readyz | sed 's/.*"queued":\([0-9]*\).*/\1/')"
+queued=$(curl -sk https://127.0.0.1:18443/readyz | grep -o '"queued":[0-9]*' | cut -d: -f2)
+echo "queued (readyz): $queued"
 echo "RSS with $COUNT queued: $(rss $GW) MB; store on disk: $(du -sm work/data | cut -f1) MB"
 
 echo "== 2. restart with the carrier back"
@@ -47,15 +50,15 @@ echo "restart to ready: $(echo "$t1 - $t0" | bc) s (RSS $(rss $GW) MB)"
 echo "== 3. drain"
 t0=$(now); max_rss=0; last=0
 while :; do
-  sent=$(curl -s http://127.0.0.1:18775/stats | sed 's/.*"submit_sm_ok":\([0-9]*\).*/\1/')
+  sent=$(curl -s http://127.0.0.1:18775/stats | grep -o '"submit_sm_ok":[0-9]*' | cut -d: -f2)
   r=$(rss $GW); [ "$r" -gt "$max_rss" ] && max_rss=$r
   [ "$sent" -ge "$COUNT" ] && break
   t=$(now)
-  if [ "$(echo "$t - $t0 > 900" | bc)" = 1 ]; then echo "drain incomplete after 900 s: $sent"; break; fi
+  if [ "$(echo "$t - $t0 > 900" | bc)" = 1 ]; then echo "drain incomplete after 900 s: $sent" >&2; exit 1; fi
   sleep 1
 done
 t1=$(now)
 secs=$(echo "$t1 - $t0" | bc)
 echo "drained $sent submit_sm in $secs s = $(echo "$sent / $secs" | bc) /s; max RSS while draining $max_rss MB"
 sleep 2
-echo "receipts acknowledged: $(curl -s http://127.0.0.1:18775/stats | sed 's/.*"dlr_resp_ok":\([0-9]*\).*/\1/')"
+echo "receipts acknowledged: $(curl -s http://127.0.0.1:18775/stats | grep -o '"dlr_resp_ok":[0-9]*' | cut -d: -f2)"

@@ -10,9 +10,11 @@
 # work/). Everything runs on loopback; state goes to loadtest/work/.
 set -euo pipefail
 cd "$(dirname "$0")"
-BIN=../target/release/smsgate
-LT=../target/release/smsgate-loadtest
-[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --release --workspace)
+# PROFILE=debug runs the debug build (CI's smoke run); figures come from release only.
+PROFILE="${PROFILE:-release}"
+BIN=../target/$PROFILE/smsgate
+LT=../target/$PROFILE/smsgate-loadtest
+[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --workspace $([ "$PROFILE" = release ] && echo --release))
 [ "${KEEP:-0}" = 1 ] || rm -rf work
 mkdir -p work
 for n in api smsc; do
@@ -21,7 +23,7 @@ for n in api smsc; do
 done
 [ -f work/data.keys ] || $BIN keys init-data-keys --out work/data.keys >/dev/null
 # The run's configuration lives in work/, so its relative paths lose their "work/" prefix.
-sed -e 's#"work/#"#' -e "s#^binds = 4#binds = ${BINDS:-4}#" perf.toml > work/gateway.toml
+sed -e 's#"work/#"#' -e "s#^cache_mb = 128#cache_mb = ${CACHE_MB:-128}#" -e "s#^binds = 4#binds = ${BINDS:-4}#" perf.toml > work/gateway.toml
 [ -z "${CARRIER_EXTRA:-}" ] || printf '%s\n' "$CARRIER_EXTRA" >> work/gateway.toml
 DLR="${DLR_DELAY_MS:-1}"
 if [ "${SIM:-builtin}" = node ]; then

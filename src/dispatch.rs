@@ -292,14 +292,15 @@ impl Dispatcher {
                 _ = tokio::time::sleep(HEALTH_POLL) => continue,
                 _ = shutdown.changed() => return,
             };
-            if !self.claims.try_claim(&entry.id) {
+            let id = entry.id.to_string();
+            if !self.claims.try_claim(&id) {
                 continue; // a cancel has it; it finishes the message
             }
-            match self.dispatch_one(&own, &queue, entry.clone()).await {
+            match self.dispatch_one(&own, &queue, &id, entry.clone()).await {
                 Ok(true) => {} // the completion task releases the claim
-                Ok(false) => self.claims.release(&entry.id),
+                Ok(false) => self.claims.release(&id),
                 Err(e) => {
-                    self.claims.release(&entry.id);
+                    self.claims.release(&id);
                     warn!(error = %e, "dispatch failed; will retry");
                     queue.push(Entry { due_ms: entry.due_ms.max(now_ms() + 1000), ..entry });
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,10 +314,11 @@ impl Dispatcher {
         self: &Arc<Self>,
         own: &CarrierDispatch,
         queue: &Arc<CarrierQueue>,
+        id: &str,
         entry: Entry,
     ) -> Result<bool, StoreError> {
-        let Some(msg) = self.store.message(&entry.id)? else {
-            debug!(id = %entry.id, "queue entry without a message; skipping");
+        let Some(msg) = self.store.message(id)? else {
+            debug!(id, "queue entry without a message; skipping");
             return Ok(false);
         };
         if msg.status.is_final() {
@@ -408,13 +410,14 @@ impl Dispatcher {
             let mut ops = Vec::new();
             let mut claimed = Vec::new();
             for e in expired {
-                if self.claims.try_claim(&e.id) {
+                let id = e.id.to_string();
+                if self.claims.try_claim(&id) {
                     ops.push(Op::Finish {
-                        id: e.id.clone(),
+                        id: id.clone(),
                         status: Status::Expired,
                         error: error("validity_expired", "validity ended before the message could be submitted", None),
                     });
-                    claimed.push(e.id);
+                    claimed.push(id);
                 } else {
                     q.push(e); // being dispatched right now; its own outcome decides
                 }
@@ -547,8 +550,8 @@ impl Dispatcher {
                 _ => {}
             }
         }
-        if let Some(due_ms) = requeue_at {
-            queue.push(Entry { due_ms, seq: msg.seq, id: msg.id, expires_ms: msg.expires_ms });
+        if let Some(entry) = requeue_at.and_then(|due_ms| Entry::new(due_ms, msg.seq, &msg.id, msg.expires_ms)) {
+            queue.push(entry);
         }
         Ok(())
     }

@@ -334,20 +334,22 @@ async fn sweep_hourly(store: Store, mut shutdown: watch::Receiver<bool>) {
 /// Rebuilds the in-memory queues from the store's `q/` entries. Entries whose carrier no longer
 /// exists are routed again with the current routes, or failed with `no_route`.
 async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Result<(), crate::store::StoreError> {
-    let entries = store.queue_entries()?;
     let mut unroutable = Vec::new();
-    for e in entries {
-        let entry = Entry { due_ms: e.due_ms, seq: e.seq, id: e.id, expires_ms: e.expires_ms };
+    store.for_each_queue_entry(|e| {
+        let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms) else {
+            warn!(seq = e.seq, "queue entry with a malformed message id left in the store");
+            return Ok(());
+        };
         if let Some(q) = queues.get(&e.carrier) {
             q.push(entry);
-            continue;
+            return Ok(());
         }
-        let Some(msg) = store.message(&entry.id)? else { continue };
+        let Some(msg) = store.message(&e.id)? else { return Ok(()) };
         let route = config.route(&msg.content.to, msg.content.from.as_deref(), msg.category.as_deref());
         match route.and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
             Some(q) => q.push(entry),
             None => unroutable.push(Op::Finish {
-                id: entry.id,
+                id: e.id.clone(),
                 status: crate::message::Status::Failed,
                 error: Some(crate::message::ErrorInfo {
                     code: "no_route".into(),
@@ -356,7 +358,8 @@ async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Resu
                 }),
             }),
         }
-    }
+        Ok(())
+    })?;
     if !unroutable.is_empty() {
         warn!(count = unroutable.len(), "queued messages without a carrier were failed");
         store.commit(unroutable).await?;

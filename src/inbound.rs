@@ -295,8 +295,9 @@ impl Inbound {
         self.store.commit(ops).await?;
         if let Some(r) = reply_msg
             && let Some(q) = self.queues.get(r.queue_carrier())
+            && let Some(entry) = Entry::new(r.due_ms, r.seq, &r.id, r.expires_ms)
         {
-            q.push(Entry { due_ms: r.due_ms, seq: r.seq, id: r.id, expires_ms: r.expires_ms });
+            q.push(entry);
         }
         if kind != "text" {
             self.audit.record(

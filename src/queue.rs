@@ -13,6 +13,9 @@ use tokio::sync::Notify;
 use crate::message::now_ms;
 
 /// One waiting message, ordered by due time, then accept order.
+///
+/// The id is held as a 16-byte ULID rather than its 26-character text: a million queued
+/// entries then cost about 40 MB instead of about 100 MB (docs/performance.md).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
     /// Not before (ms).
@@ -20,9 +23,16 @@ pub struct Entry {
     /// Accept order.
     pub seq: u64,
     /// Message id.
-    pub id: String,
+    pub id: ulid::Ulid,
     /// Validity deadline (ms).
     pub expires_ms: u64,
+}
+
+impl Entry {
+    /// The entry for a message id; `None` if the id is not a ULID (every id smsgate makes is).
+    pub fn new(due_ms: u64, seq: u64, id: &str, expires_ms: u64) -> Option<Entry> {
+        Some(Entry { due_ms, seq, id: ulid::Ulid::from_string(id).ok()?, expires_ms })
+    }
 }
 
 /// A carrier's queue.
@@ -127,21 +137,21 @@ impl Queues {
 mod tests {
     use super::*;
 
-    fn entry(due_ms: u64, seq: u64, id: &str) -> Entry {
-        Entry { due_ms, seq, id: id.into(), expires_ms: u64::MAX }
+    fn entry(due_ms: u64, seq: u64, n: u128) -> Entry {
+        Entry { due_ms, seq, id: ulid::Ulid(n), expires_ms: u64::MAX }
     }
 
     #[tokio::test]
     async fn pops_in_due_then_accept_order_and_waits_for_due_time() {
         let q = CarrierQueue::default();
         let now = now_ms();
-        q.push(entry(now + 150, 1, "later"));
-        q.push(entry(now, 3, "b"));
-        q.push(entry(now, 2, "a"));
-        assert_eq!(q.pop_due().await.id, "a");
-        assert_eq!(q.pop_due().await.id, "b");
+        q.push(entry(now + 150, 1, 3));
+        q.push(entry(now, 3, 2));
+        q.push(entry(now, 2, 1));
+        assert_eq!(q.pop_due().await.id.0, 1);
+        assert_eq!(q.pop_due().await.id.0, 2);
         let started = std::time::Instant::now();
-        assert_eq!(q.pop_due().await.id, "later");
+        assert_eq!(q.pop_due().await.id.0, 3);
         assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
@@ -151,17 +161,18 @@ mod tests {
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.pop_due().await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        q.push(entry(now_ms(), 1, "x"));
-        assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().id, "x");
+        q.push(entry(now_ms(), 1, 7));
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().id.0, 7);
     }
 
     #[test]
     fn expired_entries_are_taken_out() {
         let q = CarrierQueue::default();
-        q.push(Entry { due_ms: 5, seq: 1, id: "old".into(), expires_ms: 10 });
-        q.push(Entry { due_ms: 5, seq: 2, id: "fresh".into(), expires_ms: 100 });
+        let old = ulid::Ulid::new();
+        q.push(Entry { due_ms: 5, seq: 1, id: old, expires_ms: 10 });
+        q.push(Entry { due_ms: 5, seq: 2, id: ulid::Ulid::new(), expires_ms: 100 });
         let gone = q.take_expired(50);
-        assert_eq!(gone.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["old"]);
+        assert_eq!(gone.iter().map(|e| e.id).collect::<Vec<_>>(), [old]);
         assert_eq!(q.len(), 1);
     }
 }

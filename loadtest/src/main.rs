@@ -543,11 +543,7 @@ fn print_human(r: &Value) {
         );
     }
     if let Some(d) = r.get("queue_depth") {
-        println!(
-            "  queue depth   max {} during the load, {} at its end",
-            d["max"],
-            d["at_end_of_load"]
-        );
+        println!("  queue depth   max {} during the load, {} at its end", d["max"], d["at_end_of_load"]);
     }
 }
 

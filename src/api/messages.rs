@@ -222,11 +222,9 @@ async fn accept(
     };
     let queued: Vec<_> = messages
         .iter()
-        .map(|m| {
-            (
-                m.queue_carrier().to_string(),
-                crate::queue::Entry { due_ms: m.due_ms, seq: m.seq, id: m.id.clone(), expires_ms: m.expires_ms },
-            )
+        .filter_map(|m| {
+            let entry = crate::queue::Entry::new(m.due_ms, m.seq, &m.id, m.expires_ms)?;
+            Some((m.queue_carrier().to_string(), entry))
         })
         .collect();
     let ops = messages.into_iter().map(|m| Op::Insert(Box::new(m))).collect();

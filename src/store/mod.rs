@@ -376,9 +376,22 @@ impl Store {
         }
     }
 
-    /// Every queue entry in due order (for rebuilding the scheduler at startup).
+    /// Every queue entry in due order.
     pub fn queue_entries(&self) -> Result<Vec<QueueEntry>, StoreError> {
         let mut out = Vec::new();
+        self.for_each_queue_entry(|e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Visits every queue entry in due order without collecting them (rebuilding the scheduler
+    /// at startup: a million entries must not be held twice).
+    pub fn for_each_queue_entry(
+        &self,
+        mut visit: impl FnMut(QueueEntry) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         for item in self.inner.db.scan_prefix(layout::QUEUE) {
             let (k, v) = item?;
             let Some((due_ms, seq)) = layout::parse_queue(&k) else {
@@ -386,9 +399,9 @@ impl Store {
             };
             let (id, carrier, expires_ms) =
                 layout::parse_queue_value(&v).ok_or_else(|| corrupt(&k, "bad queue value"))?;
-            out.push(QueueEntry { due_ms, seq, id, carrier, expires_ms });
+            visit(QueueEntry { due_ms, seq, id, carrier, expires_ms })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every value under a prefix, decoded.
