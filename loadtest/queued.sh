@@ -33,6 +33,9 @@ queued=$(curl -sk https://127.0.0.1:18443/readyz | grep -o '"queued":[0-9]*' | c
 echo "queued (readyz): $queued"
 echo "RSS with $COUNT queued: $(rss $GW) MB; store on disk: $(du -sm work/data | cut -f1) MB"
 
+# LOAD_ONLY=1: stop here and leave the queued store in work/ (for looking at it offline).
+if [ "${LOAD_ONLY:-0}" = 1 ]; then kill -TERM $GW; wait $GW || true; exit 0; fi
+
 echo "== 2. restart with the carrier back"
 t0=$(now); kill -TERM $GW; wait $GW || true; t1=$(now)
 echo "stop took $(echo "$t1 - $t0" | bc) s"

@@ -471,6 +471,11 @@ async fn main() -> Result<()> {
         let (db, da) = (buckets(b, "smsgate_delivery_latency_seconds"), buckets(a, "smsgate_delivery_latency_seconds"));
         let (sb, sa) = (buckets(b, "smsgate_submit_latency_seconds"), buckets(a, "smsgate_submit_latency_seconds"));
         let q = |bf: &[(f64, f64)], af: &[(f64, f64)], x| quantile(bf, af, x).map(|s| s * 1000.0);
+        let (cb, ca) = (buckets(b, "smsgate_store_commit_seconds"), buckets(a, "smsgate_store_commit_seconds"));
+        let (rb, ra) =
+            (buckets(b, "smsgate_api_request_duration_seconds"), buckets(a, "smsgate_api_request_duration_seconds"));
+        let commits =
+            metric_sum(a, "smsgate_store_commit_seconds_count") - metric_sum(b, "smsgate_store_commit_seconds_count");
         report["gateway"] = json!({
             "cpu_seconds": cpu,
             "cpu_us_per_accepted_message": if accepted > 0 { cpu * 1e6 / accepted as f64 } else { 0.0 },
@@ -478,6 +483,9 @@ async fn main() -> Result<()> {
             "accept_to_submitted_ms": {"p50": q(&sb, &sa, 0.5), "p99": q(&sb, &sa, 0.99)},
             "accept_to_delivered_ms": {"p50": q(&db, &da, 0.5), "p99": q(&db, &da, 0.99), "note": "interpolated from histogram buckets"},
             "rss_mb": metric_sum(a, "smsgate_process_resident_memory_bytes") / 1048576.0,
+            "store_commits": commits,
+            "store_commit_ms": {"p50": q(&cb, &ca, 0.5), "p99": q(&cb, &ca, 0.99)},
+            "api_request_ms": {"p50": q(&rb, &ra, 0.5), "p99": q(&rb, &ra, 0.99), "note": "server side, every endpoint"},
         });
     }
     if shared.args.json {
@@ -540,6 +548,16 @@ fn print_human(r: &Value) {
             ms1(&g["accept_to_submitted_ms"]["p99"]),
             ms1(&g["accept_to_delivered_ms"]["p50"]),
             ms1(&g["accept_to_delivered_ms"]["p99"])
+        );
+    }
+    if let Some(g) = r.get("gateway") {
+        println!(
+            "  server side   request p50 {} p99 {} ms; {} group commits, commit p50 {} p99 {} ms",
+            ms1(&g["api_request_ms"]["p50"]),
+            ms1(&g["api_request_ms"]["p99"]),
+            g["store_commits"],
+            ms1(&g["store_commit_ms"]["p50"]),
+            ms1(&g["store_commit_ms"]["p99"])
         );
     }
     if let Some(d) = r.get("queue_depth") {
