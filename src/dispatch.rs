@@ -485,6 +485,9 @@ impl Dispatcher {
             problem = Some(Problem::Unknown("carrier link closed".into(), false));
         }
         let all_sent = problem.is_none() && ops.len() == expected;
+        if !ops.is_empty() {
+            carrier.flow.on_accepted(ops.len() as u64);
+        }
         match &problem {
             None => carrier.breaker.success(),
             // A lost bind is a bind problem (bind state covers it); silence past the timeout

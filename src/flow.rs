@@ -1,7 +1,10 @@
 //! Per-carrier flow control: the configured `rate`/`burst` (a `governor` GCRA limiter, one
 //! per carrier, shared by its binds, counted in `submit_sm`), and adaptive slow-down when the
-//! carrier answers `ESME_RTHROTTLED`/`ESME_RMSGQFUL`: pause, cut the rate to 80 % of what was
-//! flowing, then ramp back up by 5 % a second while no throttling comes.
+//! carrier answers `ESME_RTHROTTLED`/`ESME_RMSGQFUL`: pause, remember how many `submit_sm` the
+//! carrier accepted per second as its ceiling, cut the rate to 90 % of it, ramp back by 5 % a
+//! second up to 99.5 % of the ceiling, hold there, and probe above it (+1 % a second) only
+//! after five minutes without throttling. A carrier with a fixed limit is thus run just under it instead of in a sawtooth
+//! (measured against the node simulator's `--throttle 1000` in docs/performance.md).
 //!
 //! Only the carrier's dispatcher waits here (one waiter per limiter, no thundering herd), and
 //! waiting sleeps on tokio's timer until the limiter says the next cell is free: no spinning.
@@ -21,9 +24,34 @@ pub struct FlowControl {
     throttle_pause: Duration,
     state: Mutex<State>,
     paused_until_ms: AtomicU64,
-    sent_this_second: AtomicU64,
+    /// `submit_sm` let through, per second.
+    sent: SecondCounter,
+    /// `submit_sm` the carrier accepted, per second.
+    accepted: SecondCounter,
+}
+
+/// A count per calendar second that also keeps the previous second's total.
+#[derive(Default)]
+struct SecondCounter {
     second: AtomicU64,
-    sent_last_second: AtomicU64,
+    this_second: AtomicU64,
+    last_second: AtomicU64,
+}
+
+impl SecondCounter {
+    fn add(&self, n: u64) {
+        let second = now_ms() / 1000;
+        let prev = self.second.swap(second, Ordering::AcqRel);
+        if prev != second {
+            let total = self.this_second.swap(0, Ordering::AcqRel);
+            self.last_second.store(if second == prev + 1 { total } else { 0 }, Ordering::Release);
+        }
+        self.this_second.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn recent(&self) -> u64 {
+        self.last_second.load(Ordering::Acquire).max(self.this_second.load(Ordering::Acquire))
+    }
 }
 
 struct State {
@@ -32,12 +60,20 @@ struct State {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// Rate imposed after throttling, below the configured one; `None` when not throttled.
     adaptive: Option<u32>,
+    /// What was flowing when the carrier last throttled us.
+    ceiling: Option<u32>,
     last_throttle_ms: u64,
     last_ramp_ms: u64,
 }
 
 fn limiter(rate: NonZeroU32, burst: NonZeroU32) -> Arc<DefaultDirectRateLimiter> {
     Arc::new(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+}
+
+/// A small burst while adapting: a carrier counting in fixed one-second windows must not see
+/// the bucket's burst on top of the rate.
+fn adaptive_burst(rate: NonZeroU32) -> NonZeroU32 {
+    NonZeroU32::new((rate.get() / 100).max(1)).unwrap_or(NonZeroU32::MIN)
 }
 
 fn default_burst(rate: NonZeroU32) -> NonZeroU32 {
@@ -54,13 +90,13 @@ impl FlowControl {
                 configured,
                 limiter: configured.map(|(r, b)| limiter(r, b)),
                 adaptive: None,
+                ceiling: None,
                 last_throttle_ms: 0,
                 last_ramp_ms: 0,
             }),
             paused_until_ms: AtomicU64::new(0),
-            sent_this_second: AtomicU64::new(0),
-            second: AtomicU64::new(0),
-            sent_last_second: AtomicU64::new(0),
+            sent: SecondCounter::default(),
+            accepted: SecondCounter::default(),
         })
     }
 
@@ -105,20 +141,15 @@ impl FlowControl {
                 }
             }
         }
-        self.count_sent();
+        self.sent.add(1);
     }
 
-    fn count_sent(&self) {
-        let second = now_ms() / 1000;
-        let prev = self.second.swap(second, Ordering::AcqRel);
-        if prev != second {
-            let n = self.sent_this_second.swap(0, Ordering::AcqRel);
-            self.sent_last_second.store(if second == prev + 1 { n } else { 0 }, Ordering::Release);
-        }
-        self.sent_this_second.fetch_add(1, Ordering::AcqRel);
+    /// Counts `submit_sm` the carrier accepted: what it takes per second is its ceiling.
+    pub fn on_accepted(&self, parts: u64) {
+        self.accepted.add(parts);
     }
 
-    /// The carrier said "too fast": pause, and cut the rate to 80 % of what was flowing.
+    /// The carrier said "too fast": pause, note its ceiling, cut the rate to 90 % of it.
     /// Throttles within one pause count once.
     pub fn on_throttle(&self) {
         let now = now_ms();
@@ -128,11 +159,15 @@ impl FlowControl {
         }
         s.last_throttle_ms = now;
         s.last_ramp_ms = now;
-        let flowing = self.sent_last_second.load(Ordering::Acquire).max(self.sent_this_second.load(Ordering::Acquire));
+        let flowing = self.sent.recent();
         let current = s.adaptive.or(s.configured.map(|(r, _)| r.get())).unwrap_or(u32::MAX);
-        let cut = ((flowing.min(u64::from(current)) as f64) * 0.8).max(1.0) as u32;
+        let accepted = self.accepted.recent();
+        let ceiling = if accepted > 0 { accepted } else { flowing };
+        let ceiling = ceiling.min(u64::from(current)).clamp(1, u64::from(u32::MAX)) as u32;
+        let cut = ((f64::from(ceiling) * 0.9) as u32).max(1);
+        s.ceiling = Some(ceiling);
         s.adaptive = Some(cut);
-        s.limiter = NonZeroU32::new(cut).map(|r| limiter(r, default_burst(r)));
+        s.limiter = NonZeroU32::new(cut).map(|r| limiter(r, adaptive_burst(r)));
         self.paused_until_ms.store(now + self.throttle_pause.as_millis() as u64, Ordering::Release);
         tracing::info!(
             rate = cut,
@@ -141,8 +176,9 @@ impl FlowControl {
         );
     }
 
-    /// Additive ramp back: +5 % (at least 1/s) per quiet second, until the configured rate
-    /// (or, unlimited, until twice the rate that last drew a throttle is allowed).
+    /// Ramp back: +5 % (at least 1/s) per quiet second up to 99.5 % of the ceiling, hold, and
+    /// +1 % a second after five quiet minutes; ends at the configured rate (or, unlimited, at
+    /// twice the old ceiling).
     fn ramp(&self, now: u64) {
         let Ok(mut s) = self.state.lock() else { return };
         let Some(rate) = s.adaptive else { return };
@@ -150,19 +186,30 @@ impl FlowControl {
             return;
         }
         s.last_ramp_ms = now;
-        let next = rate.saturating_add((rate / 20).max(1));
+        let hold = s.ceiling.map(|c| ((f64::from(c) * 0.995) as u32).max(1));
+        let calm = now > s.last_throttle_ms + 300_000;
+        let next = match hold {
+            // Below the remembered ceiling: come back quickly, but stop just under it.
+            Some(h) if rate < h => rate.saturating_add((rate / 20).max(1)).min(h),
+            // At it: stay, unless a minute passed without throttling; then probe gently.
+            Some(_) if !calm => return,
+            Some(_) => rate.saturating_add((rate / 100).max(1)),
+            None => rate.saturating_add((rate / 20).max(1)),
+        };
         match s.configured {
             Some((r, b)) if next >= r.get() => {
                 s.adaptive = None;
                 s.limiter = Some(limiter(r, b));
             }
-            None if now > s.last_throttle_ms + 60_000 => {
+            // Unlimited carrier that now takes twice its old ceiling: the limit is gone.
+            None if s.ceiling.is_some_and(|c| u64::from(next) >= 2 * u64::from(c)) => {
                 s.adaptive = None;
+                s.ceiling = None;
                 s.limiter = None;
             }
             _ => {
                 s.adaptive = Some(next);
-                s.limiter = NonZeroU32::new(next).map(|r| limiter(r, default_burst(r)));
+                s.limiter = NonZeroU32::new(next).map(|r| limiter(r, adaptive_burst(r)));
             }
         }
     }
@@ -193,11 +240,30 @@ mod tests {
         }
         f.on_throttle();
         let rate = f.current_rate().unwrap();
-        assert!(rate <= 40, "{rate}");
+        assert!(rate <= 45, "{rate}");
         f.on_throttle();
         assert_eq!(f.current_rate(), Some(rate), "a second throttle inside the pause counts once");
         let started = std::time::Instant::now();
         f.acquire().await;
         assert!(started.elapsed() >= Duration::from_millis(150), "paused first");
+    }
+
+    #[test]
+    fn holds_just_under_the_ceiling_the_carrier_accepted() {
+        let f = FlowControl::new(0, 0, Duration::from_millis(200));
+        f.on_accepted(1000);
+        f.on_throttle();
+        assert_eq!(f.current_rate(), Some(900), "90 % of what the carrier accepted");
+        let t = f.state.lock().unwrap().last_throttle_ms;
+        let rates: Vec<u32> = (1..=12)
+            .map(|i| {
+                f.ramp(t + 1000 * i);
+                f.current_rate().unwrap()
+            })
+            .collect();
+        assert_eq!(&rates[..4], [945, 992, 995, 995], "back quickly, then held at 99.5 %");
+        assert!(rates.iter().all(|&r| r <= 995), "{rates:?}");
+        f.ramp(t + 301_000);
+        assert_eq!(f.current_rate(), Some(1004), "probes after five quiet minutes");
     }
 }
