@@ -393,6 +393,25 @@ async fn main() -> Result<()> {
             samples
         })
     });
+    let carrier_task = shared.args.sim_control.clone().map(|url| {
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut per_second = Vec::new();
+            let mut last: Option<(Instant, f64)> = None;
+            while !sh.load_over() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(n) = get_json(&format!("{url}/stats")).await.and_then(|s| s["submit_sm_ok"].as_f64()) else {
+                    continue;
+                };
+                let now = Instant::now();
+                if let Some((t, m)) = last {
+                    per_second.push((n - m) / (now - t).as_secs_f64());
+                }
+                last = Some((now, n));
+            }
+            per_second
+        })
+    });
     if let Some(t) = ticket_task {
         let _ = t.await;
     }
@@ -401,6 +420,11 @@ async fn main() -> Result<()> {
     }
     shared.stop.store(true, Ordering::Relaxed);
     let depth = match depth_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // The carrier's submit_sm per second while the load ran (a throttled carrier's steady rate).
+    let carrier_rates = match carrier_task {
         Some(t) => t.await.unwrap_or_default(),
         None => Vec::new(),
     };
@@ -440,6 +464,17 @@ async fn main() -> Result<()> {
         "errors": *shared.errors.lock().await,
         "accept_latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p99.9": ms(0.999), "max": h.max() as f64 / 1000.0},
     });
+    if carrier_rates.len() >= 3 {
+        let mut sorted = carrier_rates.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        // Skip the first second and the last (partial) one.
+        let middle = &carrier_rates[1..carrier_rates.len() - 1];
+        report["carrier_rate_per_second"] = json!({
+            "median": sorted[sorted.len() / 2],
+            "mean_excluding_first_and_last": middle.iter().sum::<f64>() / middle.len() as f64,
+            "samples": carrier_rates,
+        });
+    }
     if !depth.is_empty() {
         report["queue_depth"] = json!({
             "max": depth.iter().cloned().fold(0.0, f64::max),
@@ -558,6 +593,13 @@ fn print_human(r: &Value) {
             g["store_commits"],
             ms1(&g["store_commit_ms"]["p50"]),
             ms1(&g["store_commit_ms"]["p99"])
+        );
+    }
+    if let Some(c) = r.get("carrier_rate_per_second") {
+        println!(
+            "  carrier rate  median {:.0}/s per second sampled during the load (mean {:.0}/s without the first and last)",
+            c["median"].as_f64().unwrap_or(0.0),
+            c["mean_excluding_first_and_last"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(d) = r.get("queue_depth") {
