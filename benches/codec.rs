@@ -1,6 +1,10 @@
 //! SMPP codec: submit_sm and deliver_sm (receipt with TLVs) encode + decode, framing, and the
 //! receipt-text parser. `cargo bench --bench codec`; figures go to docs/performance.md.
 
+/// The allocator the gateway binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use smsgate::smpp::pdu::{self, Address, ShortMessage, Tlvs};

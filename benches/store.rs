@@ -2,6 +2,10 @@
 //! flush, fdatasync) at batch sizes 1/16/256 on a real file in a temp dir, and the per-message
 //! CPU work of an accept (JSON → validate → build record → seal). `cargo bench --bench store`.
 
+/// The allocator the gateway binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, black_box, criterion_group, criterion_main};

@@ -1,5 +1,9 @@
 //! GSM 03.38 / UCS-2 encoding and segmenting. `cargo bench --bench text`.
 
+/// The allocator the gateway binary uses (src/main.rs), so the figures match production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use smsgate::text::{self, Encoding};
 
