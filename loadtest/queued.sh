@@ -6,19 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 COUNT="${COUNT:-1000000}"
-# PROFILE=debug runs the debug build (CI's smoke run); figures come from release only.
-PROFILE="${PROFILE:-release}"
-BIN=../target/$PROFILE/smsgate
-LT=../target/$PROFILE/smsgate-loadtest
-[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --workspace $([ "$PROFILE" = release ] && echo --release))
-rm -rf work && mkdir -p work
-for n in api smsc; do
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" -keyout work/$n.key -out work/$n.crt 2>/dev/null
-done
-$BIN keys init-data-keys --out work/data.keys >/dev/null
-sed -e 's#"work/#"#' -e "s#^cache_mb = 128#cache_mb = ${CACHE_MB:-128}#" perf.toml > work/gateway.toml
-KEY=$($BIN keys create --name perf --scopes send,read --config work/gateway.toml | awk '/^token:/ {print $2}')
+KEEP=0
+. ./setup.sh
 trap 'kill ${SIM_PID:-} ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 rss() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status; }
 now() { date +%s.%N; }

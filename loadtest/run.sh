@@ -10,21 +10,7 @@
 # work/). Everything runs on loopback; state goes to loadtest/work/.
 set -euo pipefail
 cd "$(dirname "$0")"
-# PROFILE=debug runs the debug build (CI's smoke run); figures come from release only.
-PROFILE="${PROFILE:-release}"
-BIN=../target/$PROFILE/smsgate
-LT=../target/$PROFILE/smsgate-loadtest
-[ -x "$BIN" ] && [ -x "$LT" ] || (cd .. && cargo build --workspace $([ "$PROFILE" = release ] && echo --release))
-[ "${KEEP:-0}" = 1 ] || rm -rf work
-mkdir -p work
-for n in api smsc; do
-  [ -f work/$n.crt ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=localhost" \
-    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" -keyout work/$n.key -out work/$n.crt 2>/dev/null
-done
-[ -f work/data.keys ] || $BIN keys init-data-keys --out work/data.keys >/dev/null
-# The run's configuration lives in work/, so its relative paths lose their "work/" prefix.
-sed -e 's#"work/#"#' -e "s#^cache_mb = 128#cache_mb = ${CACHE_MB:-128}#" -e "s#^binds = 4#binds = ${BINDS:-4}#" perf.toml > work/gateway.toml
-[ -z "${CARRIER_EXTRA:-}" ] || printf '%s\n' "$CARRIER_EXTRA" >> work/gateway.toml
+. ./setup.sh
 DLR="${DLR_DELAY_MS:-1}"
 if [ "${SIM:-builtin}" = node ]; then
   SIM_DIR="${SMSC_SIM_DIR:-$(pwd)/../../shared/tools/smsc-sim}"
@@ -37,7 +23,6 @@ else
 fi
 SIM_PID=$!
 trap 'kill $SIM_PID ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-KEY=$($BIN keys create --name perf --scopes send,read --config work/gateway.toml | awk '/^token:/ {print $2}')
 $BIN serve --config work/gateway.toml 2> work/gateway.log &
 GW=$!
 for _ in $(seq 100); do curl -skf https://127.0.0.1:18443/readyz >/dev/null && break; sleep 0.1; done
