@@ -263,26 +263,24 @@ mod fast {
     /// True when `digits` (E.164 without `+`) is valid exactly as written; false means "ask
     /// the crate", not "invalid".
     pub(super) fn is_valid_as_is(digits: &str) -> bool {
-        let Some((code, national)) = split(digits) else { return false };
-        let compiled = compiled(code);
-        let Some(regions) = compiled.as_ref() else { return false };
-        if regions.may_strip_prefix(national) {
-            return false;
-        }
-        source(&regions.regions, national).is_some_and(|r| r.is_valid(national))
+        with_valid_region(digits, |_| ()).is_some()
     }
 
     /// The region of a number valid as written (`None`: ask the crate).
     pub(super) fn region(digits: &str) -> Option<String> {
+        // The crate reports "001" (non-geographic) codes without a country.
+        with_valid_region(digits, |r| (r.id != "001").then(|| r.id.clone())).flatten()
+    }
+
+    /// Runs `f` on the region whose rules make `digits` valid exactly as written.
+    fn with_valid_region<T>(digits: &str, f: impl FnOnce(&Region) -> T) -> Option<T> {
         let (code, national) = split(digits)?;
         let compiled = compiled(code);
         let regions = compiled.as_ref().as_ref()?;
         if regions.may_strip_prefix(national) {
             return None;
         }
-        let region = source(&regions.regions, national)?;
-        // The crate reports "001" (non-geographic) codes without a country.
-        (region.id != "001" && region.is_valid(national)).then(|| region.id.clone())
+        source(&regions.regions, national).filter(|r| r.is_valid(national)).map(f)
     }
 }
 

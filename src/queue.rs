@@ -29,9 +29,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry for a message id; `None` if the id is not a ULID (every id smsgate makes is).
+    /// The entry for a message id; `None` unless the id is a ULID in its canonical form (every
+    /// id smsgate makes is). The ULID decoder also takes lower case and overflowing text, which
+    /// would print back as a different id, so the round trip is checked.
     pub fn new(due_ms: u64, seq: u64, id: &str, expires_ms: u64) -> Option<Entry> {
-        Some(Entry { due_ms, seq, id: ulid::Ulid::from_string(id).ok()?, expires_ms })
+        let ulid = ulid::Ulid::from_string(id).ok()?;
+        let mut buf = [0u8; ulid::ULID_LEN];
+        (ulid.array_to_str(&mut buf) == id).then_some(Entry { due_ms, seq, id: ulid, expires_ms })
     }
 }
 
@@ -163,6 +167,22 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.push(entry(now_ms(), 1, 7));
         assert_eq!(tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap().id.0, 7);
+    }
+
+    #[test]
+    fn only_ulid_ids_make_entries() {
+        let id = ulid::Ulid::new();
+        assert_eq!(Entry::new(1, 2, &id.to_string(), 3).map(|e| e.id), Some(id));
+        for bad in [
+            "",
+            "old",
+            "01M82PWVY7DYV10CMPP5CH6HD",
+            "01M82PWVY7DYV10CMPP5CH6HDA!",
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "01m82pwvy7dyv10cmpp5ch6hda",
+        ] {
+            assert!(Entry::new(1, 2, bad, 3).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -379,39 +379,31 @@ async fn main() -> Result<()> {
             None => tokio::spawn(closed_worker(sh, conn)),
         });
     }
-    // Queue depth once a second while the load runs: "flat" is the end-to-end claim.
-    let depth_task = shared.args.metrics.clone().map(|url| {
+    // Once a second while the load runs: the queue depth ("flat" is the end-to-end claim) and
+    // the carrier's submit_sm rate (a throttled carrier's steady rate).
+    let sampler = {
         let sh = shared.clone();
         tokio::spawn(async move {
-            let mut samples = Vec::new();
-            while !sh.load_over() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Some(text) = get_text(&url).await {
-                    samples.push(metric_sum(&text, "smsgate_queue_depth"));
-                }
-            }
-            samples
-        })
-    });
-    let carrier_task = shared.args.sim_control.clone().map(|url| {
-        let sh = shared.clone();
-        tokio::spawn(async move {
-            let mut per_second = Vec::new();
+            let (mut depth, mut carrier_rates) = (Vec::new(), Vec::new());
             let mut last: Option<(Instant, f64)> = None;
             while !sh.load_over() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(text) = sh.args.metrics.as_deref().map(get_text) {
+                    depth.extend(text.await.map(|t| metric_sum(&t, "smsgate_queue_depth")));
+                }
+                let Some(url) = &sh.args.sim_control else { continue };
                 let Some(n) = get_json(&format!("{url}/stats")).await.and_then(|s| s["submit_sm_ok"].as_f64()) else {
                     continue;
                 };
                 let now = Instant::now();
                 if let Some((t, m)) = last {
-                    per_second.push((n - m) / (now - t).as_secs_f64());
+                    carrier_rates.push((n - m) / (now - t).as_secs_f64());
                 }
                 last = Some((now, n));
             }
-            per_second
+            (depth, carrier_rates)
         })
-    });
+    };
     if let Some(t) = ticket_task {
         let _ = t.await;
     }
@@ -419,15 +411,7 @@ async fn main() -> Result<()> {
         let _ = t.await;
     }
     shared.stop.store(true, Ordering::Relaxed);
-    let depth = match depth_task {
-        Some(t) => t.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    // The carrier's submit_sm per second while the load ran (a throttled carrier's steady rate).
-    let carrier_rates = match carrier_task {
-        Some(t) => t.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
+    let (depth, carrier_rates) = sampler.await.unwrap_or_default();
     let elapsed = shared.started.elapsed().as_secs_f64();
     let accepted = shared.accepted.load(Ordering::Relaxed);
 

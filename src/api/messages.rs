@@ -38,8 +38,13 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    crate::fsutil::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+/// SHA-256 of the request body, hex; only a request with an Idempotency-Key is ever compared
+/// with an earlier one, so the others skip the hashing.
+fn body_hash(idempotency_key: &Option<String>, bytes: &[u8]) -> String {
+    match idempotency_key {
+        Some(_) => crate::fsutil::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()),
+        None => String::new(),
+    }
 }
 
 /// Answers a replayed request: the stored answer for the same body, 409 for another body.
@@ -270,8 +275,7 @@ pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(state)?;
     let idem = idempotency_key(&req)?;
     let (bytes, value) = read_json(req, MAX_BODY_BYTES).await?;
-    // Only a request with an Idempotency-Key is ever compared with an earlier one.
-    let hash = if idem.is_some() { sha256_hex(&bytes) } else { String::new() };
+    let hash = body_hash(&idem, &bytes);
     if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
         return answer;
     }
@@ -294,8 +298,7 @@ pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
     refuse_when_stopping(state)?;
     let idem = idempotency_key(&req)?;
     let (bytes, value) = read_json(req, MAX_BATCH_BYTES).await?;
-    // Only a request with an Idempotency-Key is ever compared with an earlier one.
-    let hash = if idem.is_some() { sha256_hex(&bytes) } else { String::new() };
+    let hash = body_hash(&idem, &bytes);
     if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
         return answer;
     }

@@ -351,55 +351,55 @@ fn from_rusmpp(command: &Command, frame: &Frame) -> Result<Pdu, String> {
         RPdu::BindTransmitter(b) => bind(BindMode::Transmitter, &b.system_id, &b.password, b.interface_version),
         RPdu::BindReceiver(b) => bind(BindMode::Receiver, &b.system_id, &b.password, b.interface_version),
         RPdu::BindTransceiverResp(r) => {
-            Pdu::BindResp { mode: BindMode::Transceiver, system_id: r.system_id.as_str().to_owned() }
+            Pdu::BindResp { mode: BindMode::Transceiver, system_id: c_text(r.system_id.as_ref()) }
         }
         RPdu::BindTransmitterResp(r) => {
-            Pdu::BindResp { mode: BindMode::Transmitter, system_id: r.system_id.as_str().to_owned() }
+            Pdu::BindResp { mode: BindMode::Transmitter, system_id: c_text(r.system_id.as_ref()) }
         }
         RPdu::BindReceiverResp(r) => {
-            Pdu::BindResp { mode: BindMode::Receiver, system_id: r.system_id.as_str().to_owned() }
+            Pdu::BindResp { mode: BindMode::Receiver, system_id: c_text(r.system_id.as_ref()) }
         }
-        RPdu::SubmitSmResp(r) => Pdu::SubmitSmResp { message_id: r.message_id().as_str().to_owned() },
+        RPdu::SubmitSmResp(r) => Pdu::SubmitSmResp { message_id: c_text(r.message_id().as_ref()) },
         RPdu::DeliverSmResp(_) => Pdu::DeliverSmResp,
         RPdu::SubmitSm(s) => Pdu::SubmitSm(Box::new(ShortMessage {
-            service_type: s.service_type.value().as_str().to_owned(),
+            service_type: c_text(s.service_type.value().as_ref()),
             source: Address {
                 ton: s.source_addr_ton.into(),
                 npi: s.source_addr_npi.into(),
-                addr: s.source_addr.as_str().to_owned(),
+                addr: c_text(s.source_addr.as_ref()),
             },
             dest: Address {
                 ton: s.dest_addr_ton.into(),
                 npi: s.dest_addr_npi.into(),
-                addr: s.destination_addr.as_str().to_owned(),
+                addr: c_text(s.destination_addr.as_ref()),
             },
             esm_class: s.esm_class.into(),
             protocol_id: s.protocol_id,
             priority: s.priority_flag.into(),
-            schedule_delivery_time: s.schedule_delivery_time.as_str().to_owned(),
-            validity_period: s.validity_period.as_str().to_owned(),
+            schedule_delivery_time: c_text(s.schedule_delivery_time.as_ref()),
+            validity_period: c_text(s.validity_period.as_ref()),
             registered_delivery: s.registered_delivery.into(),
             data_coding: s.data_coding.into(),
             short_message: Bytes::copy_from_slice(s.short_message().as_ref()),
             tlvs: tlvs_from(s.tlvs().iter().filter_map(|t| t.value())),
         })),
         RPdu::DeliverSm(d) => Pdu::DeliverSm(Box::new(ShortMessage {
-            service_type: d.service_type.value().as_str().to_owned(),
+            service_type: c_text(d.service_type.value().as_ref()),
             source: Address {
                 ton: d.source_addr_ton.into(),
                 npi: d.source_addr_npi.into(),
-                addr: d.source_addr.as_str().to_owned(),
+                addr: c_text(d.source_addr.as_ref()),
             },
             dest: Address {
                 ton: d.dest_addr_ton.into(),
                 npi: d.dest_addr_npi.into(),
-                addr: d.destination_addr.as_str().to_owned(),
+                addr: c_text(d.destination_addr.as_ref()),
             },
             esm_class: d.esm_class.into(),
             protocol_id: d.protocol_id,
             priority: d.priority_flag.into(),
-            schedule_delivery_time: d.schedule_delivery_time.as_str().to_owned(),
-            validity_period: d.validity_period.as_str().to_owned(),
+            schedule_delivery_time: c_text(d.schedule_delivery_time.as_ref()),
+            validity_period: c_text(d.validity_period.as_ref()),
             registered_delivery: d.registered_delivery.into(),
             data_coding: d.data_coding.into(),
             short_message: Bytes::copy_from_slice(d.short_message().as_ref()),
@@ -415,6 +415,14 @@ fn from_rusmpp(command: &Command, frame: &Frame) -> Result<Pdu, String> {
     })
 }
 
+/// A C-octet string from rusmpp as text, up to its NUL. rusmpp's own `as_str` panics on
+/// anything but ASCII and relies on its decoder having checked that; this cannot panic,
+/// whatever a carrier sent.
+fn c_text(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 fn bind<const A: usize, const B: usize>(
     mode: BindMode,
     system_id: &COctetString<1, A>,
@@ -423,8 +431,8 @@ fn bind<const A: usize, const B: usize>(
 ) -> Pdu {
     Pdu::Bind {
         mode,
-        system_id: system_id.to_string(),
-        password: password.to_string(),
+        system_id: c_text(system_id.as_ref()),
+        password: c_text(password.as_ref()),
         interface_version: version.into(),
     }
 }
@@ -434,7 +442,7 @@ fn tlvs_from<'a>(values: impl Iterator<Item = &'a TlvValue>) -> Tlvs {
     let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     for v in values {
         match v {
-            TlvValue::ReceiptedMessageId(id) => t.receipted_message_id = Some(id.as_str().to_owned()),
+            TlvValue::ReceiptedMessageId(id) => t.receipted_message_id = Some(c_text(id.as_ref())),
             TlvValue::MessageState(s) => t.message_state = Some((*s).into()),
             TlvValue::NetworkErrorCode(n) => t.network_error_code = Some((n.network_type.into(), n.error_code)),
             TlvValue::MessagePayload(p) => t.message_payload = Some(Bytes::copy_from_slice(p.value.as_ref())),
@@ -887,6 +895,35 @@ mod tests {
             if let (Ok(a), Ok(b)) = (ours, reference) {
                 proptest::prop_assert_eq!(a, b);
             }
+        }
+    }
+
+    #[test]
+    fn non_ascii_strings_from_a_carrier_never_panic() {
+        // deliver_sm with 0xFF in source_addr and validity_period and a receipted_message_id
+        // TLV full of 0xC3 (half a UTF-8 sequence): rusmpp's `as_str` would panic on these.
+        let mut body = Vec::new();
+        body.extend_from_slice(b"\0"); // service_type
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(b"1415\xff555\0");
+        body.extend_from_slice(&[5, 0]);
+        body.extend_from_slice(b"CLINIC\0");
+        body.extend_from_slice(&[4, 0, 0]);
+        body.extend_from_slice(b"\0"); // schedule_delivery_time
+        body.extend_from_slice(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0");
+        body.extend_from_slice(&[0, 0, 0, 0, 2]);
+        body.extend_from_slice(b"ok");
+        body.extend_from_slice(&[0x00, 0x1E, 0x00, 0x04, 0xC3, 0xC3, 0xC3, 0x00]);
+        let frame = Frame { command_id: id::DELIVER_SM, status: 0, seq: 9, body: Bytes::from(body) };
+        match decode(&frame) {
+            Ok(Pdu::DeliverSm(sm)) => assert!(sm.source.addr.starts_with("1415")),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => assert_eq!(e.seq, 9),
+        }
+        // submit_sm_resp and bind_transceiver_resp whose ids are not ASCII.
+        for command_id in [0x8000_0004, 0x8000_0009] {
+            let frame = Frame { command_id, status: 0, seq: 3, body: Bytes::from_static(b"\xe2\x82\0") };
+            let _ = decode(&frame);
         }
     }
 
