@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::message::{now_ms, rfc3339};
+use crate::tripwire::Tripwire;
 
 /// Hash of the entry before the first.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -141,8 +142,9 @@ enum Command {
 }
 
 impl Audit {
-    /// Opens (creating) the log under `data_dir` and starts its writer thread.
-    pub fn open(data_dir: &Path) -> Result<Audit, AuditError> {
+    /// Opens (creating) the log under `data_dir` and starts its writer thread. A write that
+    /// fails trips `tripwire`: entries are never dropped while the process goes on.
+    pub fn open(data_dir: &Path, tripwire: Tripwire) -> Result<Audit, AuditError> {
         let path = log_path(data_dir);
         let io = |e| AuditError::Io(path.clone(), e);
         if let Some(dir) = path.parent() {
@@ -151,7 +153,10 @@ impl Audit {
         let (seq, prev) = recover_tail(&path).map_err(io)?;
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         let (tx, rx) = std_mpsc::sync_channel(65_536);
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || run(file, rx, seq, prev)).map_err(io)?;
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || run(file, rx, seq, prev, tripwire))
+            .map_err(io)?;
         Ok(Audit { tx })
     }
 
@@ -190,7 +195,7 @@ fn recover_tail(path: &Path) -> std::io::Result<(u64, String)> {
     }
 }
 
-fn run(mut file: File, rx: std_mpsc::Receiver<Command>, mut seq: u64, mut prev: String) {
+fn run(mut file: File, rx: std_mpsc::Receiver<Command>, mut seq: u64, mut prev: String, tripwire: Tripwire) {
     let mut waiting: Vec<std_mpsc::SyncSender<()>> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut buf = Vec::new();
@@ -221,6 +226,13 @@ fn run(mut file: File, rx: std_mpsc::Receiver<Command>, mut seq: u64, mut prev: 
         }
         if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
             tracing::error!(error = %e, "audit log write failed");
+            tripwire.trip(format!("audit log write failed: {e}"));
+            // Nothing more is written: a later entry must never follow a lost one.
+            for w in waiting.drain(..) {
+                let _ = w.send(());
+            }
+            while rx.recv().is_ok() {}
+            return;
         }
         for w in waiting.drain(..) {
             let _ = w.send(());
@@ -293,7 +305,7 @@ mod tests {
     use super::*;
 
     fn write_some(dir: &Path, n: usize) {
-        let audit = Audit::open(dir).unwrap();
+        let audit = Audit::open(dir, Tripwire::default()).unwrap();
         for i in 0..n {
             audit.record(Event::new("key:abc", "api.send", format!("m{i}"), "202"));
         }

@@ -268,7 +268,14 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(if e.downcast_ref::<crate::config::ConfigError>().is_some() { 64 } else { 1 })
+            let code = if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+                64
+            } else if e.downcast_ref::<StoreFailed>().is_some() {
+                EXIT_STORE_FAILED
+            } else {
+                1
+            };
+            std::process::ExitCode::from(code)
         }
     }
 }
@@ -346,18 +353,26 @@ async fn serve(path: &Path) -> Result<()> {
     // systemd (Type=notify): ready once listening; watchdog pings while the store still commits.
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
     let mut watchdog_usec = 0;
+    let gateway = std::sync::Arc::new(gateway);
+    let mut watchdog = None;
     if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
-        let store = gateway.store.clone();
+        let gw = gateway.clone();
         let every = std::time::Duration::from_micros(watchdog_usec / 2);
-        tokio::spawn(async move {
+        watchdog = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                // An empty group commit proves the writer thread and the disk answer.
-                if tokio::time::timeout(every, store.commit(Vec::new())).await.is_ok_and(|r| r.is_ok()) {
+                // An empty group commit proves the writer thread and the disk answer; a
+                // dispatcher stuck with due work and a healthy carrier means a restart helps.
+                let store_ok = tokio::time::timeout(every, gw.store.commit(Vec::new())).await.is_ok_and(|r| r.is_ok());
+                let stalled = gw.stalled();
+                if !stalled.is_empty() {
+                    tracing::error!(carriers = ?stalled, "dispatch made no progress for a minute; watchdog not fed");
+                }
+                if store_ok && stalled.is_empty() {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 }
             }
-        });
+        }));
     }
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -382,11 +397,36 @@ async fn serve(path: &Path) -> Result<()> {
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            reason = gateway.failed() => {
+                let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+                stop(gateway, watchdog).await;
+                return Err(StoreFailed(reason).into());
+            }
         }
     }
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
-    gateway.shutdown().await;
+    stop(gateway, watchdog).await;
     Ok(())
+}
+
+/// The store failed while serving: `serve` exits with [`EXIT_STORE_FAILED`] so that the
+/// service manager starts it again on what reached the disk.
+#[derive(Debug, thiserror::Error)]
+#[error("the store failed ({0}); exiting so that a restart recovers from what is on disk")]
+pub struct StoreFailed(pub String);
+
+/// Exit status after a store failure (sysexits EX_IOERR).
+pub const EXIT_STORE_FAILED: u8 = 74;
+
+async fn stop(gateway: std::sync::Arc<Gateway>, watchdog: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(w) = watchdog {
+        w.abort();
+        let _ = w.await;
+    }
+    match std::sync::Arc::try_unwrap(gateway) {
+        Ok(g) => g.shutdown().await,
+        Err(_) => tracing::warn!("gateway still shared at shutdown; exiting without a graceful stop"),
+    }
 }
 
 fn check_config(path: &Path) -> Result<()> {
@@ -443,7 +483,7 @@ async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminRespo
     let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let ring = KeyRing::load(&store)?;
-    let audit = crate::audit::Audit::open(&config.data_dir)?;
+    let audit = crate::audit::Audit::open(&config.data_dir, store.tripwire().clone())?;
     let answer = admin::execute(&store, &ring, &audit, config, "direct", request).await;
     audit.flush();
     Ok(answer)

@@ -18,6 +18,7 @@ use crate::audit::Audit;
 use crate::auth::KeyRing;
 use crate::config::{CarrierConfig, Config};
 use crate::dispatch::{Breaker, CarrierDispatch, Claims, Dispatcher};
+use crate::faults::Faults;
 use crate::flow::FlowControl;
 use crate::inbound::Inbound;
 use crate::live::{Live, ReloadReport};
@@ -26,6 +27,7 @@ use crate::smpp::receipt::IdFormat;
 use crate::smpp::session::{self, LinkSettings};
 use crate::smpp::submit::SubmitOptions;
 use crate::store::{Op, Store, StoreOptions};
+use crate::supervise::supervise;
 use crate::{admin, httpd, metrics, tls};
 
 /// Why the gateway could not start.
@@ -58,6 +60,7 @@ pub struct Gateway {
     pub store: Store,
     /// The API keys.
     pub keys: Arc<KeyRing>,
+    dispatcher: Arc<Dispatcher>,
     state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -97,8 +100,14 @@ fn link_settings(c: &CarrierConfig, drain_secs: u64) -> Result<LinkSettings, Sta
 }
 
 impl Gateway {
-    /// Opens everything and starts serving.
+    /// Opens everything and starts serving (with the faults of `SMSGATE_FAULTS` in a test
+    /// build; none otherwise).
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with(config, Faults::from_env()).await
+    }
+
+    /// [`Gateway::start`] with the given injected faults (tests).
+    pub async fn start_with(config: Config, faults: Faults) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let metrics_handle = metrics::install();
         // libphonenumber's metadata loads lazily (hundreds of ms); pay it before the first request.
@@ -106,11 +115,24 @@ impl Gateway {
         let crypto = Arc::new(config.crypto.load().map_err(StartError::Crypto)?);
         let store = Store::open(
             &config.data_dir,
-            &StoreOptions { cache_bytes: config.store.cache_mb << 20, group_commit_max: config.store.group_commit_max },
+            &StoreOptions {
+                cache_bytes: config.store.cache_mb << 20,
+                group_commit_max: config.store.group_commit_max,
+                faults,
+            },
             crypto,
         )?;
+        // Prove the disk takes a durable write before binding to any carrier: a restart on a
+        // full disk must stop here, not submit messages whose answers it cannot record.
+        store
+            .commit(vec![Op::Put {
+                key: b"s/started".to_vec(),
+                value: crate::message::now_ms().to_be_bytes().to_vec(),
+            }])
+            .await?;
         let keys = Arc::new(KeyRing::load(&store)?);
-        let audit = Audit::open(&config.data_dir).map_err(|e| StartError::Crypto(e.to_string()))?;
+        let audit =
+            Audit::open(&config.data_dir, store.tripwire().clone()).map_err(|e| StartError::Crypto(e.to_string()))?;
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -145,6 +167,7 @@ impl Gateway {
                     }),
                     throttle_pause: Duration::from_millis(c.throttle_pause_ms),
                     breaker: Breaker::new(c.breaker_failures, Duration::from_secs(c.breaker_cooldown_secs)),
+                    handover_timeout: c.response_timeout(),
                 },
             );
             links.push(link);
@@ -160,6 +183,14 @@ impl Gateway {
             audit.clone(),
         );
         let mut tasks = dispatcher.start(shutdown_rx.clone());
+        tasks.push(tokio::spawn({
+            let tripwire = store.tripwire().clone();
+            async move {
+                let reason = tripwire.tripped().await;
+                metrics::store_failed();
+                tracing::error!(reason = %reason, "the store failed: accepts answer 503, nothing new is submitted");
+            }
+        }));
 
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -175,19 +206,23 @@ impl Gateway {
         match config.webhooks.secret() {
             Ok(Some(secret)) => {
                 let tls = tls::client_config(config.webhooks.ca_file.as_deref(), None)?;
-                tasks.push(tokio::spawn(crate::webhooks::run(store.clone(), secret, tls, shutdown_rx.clone())));
+                let (store, stop) = (store.clone(), shutdown_rx.clone());
+                tasks.push(supervise("webhooks", shutdown_rx.clone(), move || {
+                    crate::webhooks::run(store.clone(), secret.clone(), tls.clone(), stop.clone())
+                }));
             }
             Ok(None) => {}
             Err(e) => return Err(StartError::Crypto(format!("webhooks: {e}"))),
         }
-        tasks.push(tokio::spawn(watch_disk(state.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(sweep_hourly(store.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(crate::maintenance::run(
-            store.clone(),
-            config.retention.clone(),
-            Duration::from_secs(config.retention.sweep_interval_secs),
-            shutdown_rx.clone(),
-        )));
+        let (s, stop) = (state.clone(), shutdown_rx.clone());
+        tasks.push(supervise("disk_watch", shutdown_rx.clone(), move || watch_disk(s.clone(), stop.clone())));
+        let (st, stop) = (store.clone(), shutdown_rx.clone());
+        tasks.push(supervise("sweep", shutdown_rx.clone(), move || sweep_hourly(st.clone(), stop.clone())));
+        let (st, retention, stop) = (store.clone(), config.retention.clone(), shutdown_rx.clone());
+        tasks.push(supervise("maintenance", shutdown_rx.clone(), move || {
+            let interval = Duration::from_secs(retention.sweep_interval_secs);
+            crate::maintenance::run(st.clone(), retention.clone(), interval, stop.clone())
+        }));
         let api_listener =
             TcpListener::bind(config.api.listen).await.map_err(|e| StartError::Listen(config.api.listen, e))?;
         let api_addr = api_listener.local_addr().map_err(|e| StartError::Listen(config.api.listen, e))?;
@@ -233,6 +268,7 @@ impl Gateway {
             metrics_addr,
             store,
             keys,
+            dispatcher,
             state,
             shutdown,
             tasks,
@@ -240,6 +276,17 @@ impl Gateway {
             api_task,
             shutdown_timeout: Duration::from_secs(config.shutdown.timeout_secs),
         })
+    }
+
+    /// Waits until a store write fails; returns why. `serve` then stops and exits non-zero.
+    pub async fn failed(&self) -> String {
+        self.store.tripwire().tripped().await
+    }
+
+    /// Carriers whose dispatcher has due work and a healthy carrier but made no progress for
+    /// a minute (the watchdog stops being fed).
+    pub fn stalled(&self) -> Vec<String> {
+        self.dispatcher.stalled()
     }
 
     /// Applies a new configuration (SIGHUP): routes, limits, compliance rules, log levels;
@@ -258,7 +305,9 @@ impl Gateway {
     /// are released (so the same data directory can be opened again at once).
     pub async fn shutdown(self) {
         info!("shutting down");
-        let Gateway { store, keys, state, shutdown, tasks, link_tasks, api_task, shutdown_timeout, .. } = self;
+        let Gateway { store, keys, state, shutdown, tasks, link_tasks, api_task, shutdown_timeout, dispatcher, .. } =
+            self;
+        drop(dispatcher);
         state.accepting.store(false, Ordering::Release);
         let _ = shutdown.send(true);
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
@@ -331,25 +380,49 @@ async fn sweep_hourly(store: Store, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Rebuilds the in-memory queues from the store's `q/` entries. Entries whose carrier no longer
-/// exists are routed again with the current routes, or failed with `no_route`.
+/// Rebuilds the in-memory queues from the store's `q/` entries. A queued message whose
+/// carrier is no longer configured is routed again by the current routes (its record and
+/// queue entry say so), or failed with `no_route`; an entry without a readable message is
+/// set aside.
 async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Result<(), crate::store::StoreError> {
-    let mut unroutable = Vec::new();
+    let mut rerouted = Vec::new();
+    let mut orphans = Vec::new();
     store.for_each_queue_entry(|e| {
         let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms) else {
-            warn!(seq = e.seq, "queue entry with a malformed message id left in the store");
+            orphans.push((e.due_ms, e.seq, "queue entry with a malformed message id"));
             return Ok(());
         };
         if let Some(q) = queues.get(&e.carrier) {
             q.push(entry);
             return Ok(());
         }
-        let Some(msg) = store.message(&e.id)? else { return Ok(()) };
-        let route = config.route(&msg.content.to, msg.content.from.as_deref(), msg.category.as_deref());
-        match route.and_then(|r| r.first().cloned()).and_then(|c| queues.get(&c).cloned()) {
-            Some(q) => q.push(entry),
-            None => unroutable.push(Op::Finish {
-                id: e.id.clone(),
+        rerouted.push((e.id, entry));
+        Ok(())
+    })?;
+    for (due_ms, seq, reason) in orphans {
+        warn!(seq, reason, "queue entry set aside");
+        store.quarantine_queue_entry(due_ms, seq, reason)?;
+    }
+    let mut ops = Vec::new();
+    let mut pushes = Vec::new();
+    for (id, entry) in rerouted {
+        let Some(msg) = store.message(&id)? else {
+            store.quarantine_queue_entry(entry.due_ms, entry.seq, "queue entry without a readable message")?;
+            continue;
+        };
+        let route = config
+            .route(&msg.content.to, msg.content.from.as_deref(), msg.category.as_deref())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| queues.get(c).is_some())
+            .collect::<Vec<_>>();
+        match route.first().cloned() {
+            Some(first) => {
+                ops.push(Op::Reroute { id: id.clone(), route });
+                pushes.push((first, entry));
+            }
+            None => ops.push(Op::Finish {
+                id: id.clone(),
                 status: crate::message::Status::Failed,
                 error: Some(crate::message::ErrorInfo {
                     code: "no_route".into(),
@@ -358,11 +431,21 @@ async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Resu
                 }),
             }),
         }
-        Ok(())
-    })?;
-    if !unroutable.is_empty() {
-        warn!(count = unroutable.len(), "queued messages without a carrier were failed");
-        store.commit(unroutable).await?;
+    }
+    if !ops.is_empty() {
+        warn!(
+            rerouted = pushes.len(),
+            failed = ops.len() - pushes.len(),
+            "queued messages whose carrier was removed from the configuration"
+        );
+        for chunk in ops.chunks(1000) {
+            store.commit(chunk.to_vec()).await?;
+        }
+    }
+    for (carrier, entry) in pushes {
+        if let Some(q) = queues.get(&carrier) {
+            q.push(entry);
+        }
     }
     Ok(())
 }

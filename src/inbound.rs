@@ -182,11 +182,7 @@ impl Inbound {
             parts: vec![Part::default(); analysis.segments],
             attempts: 0,
             error: None,
-            history: vec![crate::message::Event {
-                status: Status::Queued,
-                at_ms: now,
-                detail: Some("auto_reply".into()),
-            }],
+            history: vec![crate::message::Event::new(Status::Queued, now, Some("auto_reply".into()))],
         };
         msg.sealed = Some(crate::store::seal_content(&self.store.crypto(), &msg));
         Ok(msg)

@@ -106,7 +106,21 @@ pub struct Event {
     /// Carrier, error code or other short detail; never content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How many more times the same step followed at once (a carrier throttling for an
+    /// hour), collapsed into this entry so the record stays small.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u32,
+    /// When the last repeat happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at_ms: Option<u64>,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Most entries a history keeps: the first (accept) and the latest ones.
+pub const MAX_HISTORY: usize = 32;
 
 /// One `submit_sm` of a (possibly concatenated) message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +215,13 @@ pub struct Message {
     pub history: Vec<Event>,
 }
 
+impl Event {
+    /// A step entered at `at_ms`.
+    pub fn new(status: Status, at_ms: u64, detail: Option<String>) -> Event {
+        Event { status, at_ms, detail, repeats: 0, last_at_ms: None }
+    }
+}
+
 fn is_regular(k: &MessageKind) -> bool {
     *k == MessageKind::Regular
 }
@@ -211,11 +232,38 @@ impl Message {
         self.route.first().map(String::as_str).unwrap_or("")
     }
 
-    /// Moves to `status` and records it in the history.
+    /// Moves to `status` and records it in the history: a step that repeats the last one
+    /// counts there, and past [`MAX_HISTORY`] entries the oldest after the first go.
     pub fn set_status(&mut self, status: Status, at_ms: u64, detail: Option<String>) {
         self.status = status;
-        self.history.push(Event { status, at_ms, detail });
+        self.record(Event::new(status, at_ms, detail));
     }
+
+    /// Adds a history entry without changing the status (same collapsing rules).
+    pub fn record(&mut self, event: Event) {
+        let collapsible = self.history.len() > 1;
+        if collapsible
+            && let Some(last) = self.history.last_mut()
+            && last.status == event.status
+            && last.detail == event.detail
+        {
+            last.repeats = last.repeats.saturating_add(1);
+            last.last_at_ms = Some(event.at_ms);
+            return;
+        }
+        self.history.push(event);
+        if self.history.len() > MAX_HISTORY {
+            self.history.remove(1);
+        }
+    }
+}
+
+/// Milliseconds on a monotonic clock: for pauses and timeouts, which a wall clock stepped back
+/// or forward must not stretch or cut. Counts from the first call in this process plus a
+/// constant (a million seconds), so that 0 still reads as "long ago" wherever it means "never".
+pub fn mono_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    1_000_000_000 + BASE.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -56,6 +56,12 @@ pub const PROCESS_CPU: &str = "smsgate_process_cpu_seconds";
 pub const DISK_FREE: &str = "smsgate_store_disk_free_bytes";
 /// Bytes the store uses on disk.
 pub const STORE_SIZE: &str = "smsgate_store_size_bytes";
+/// `store_quarantined_total`: records that could not be decoded and were set aside.
+pub const STORE_QUARANTINED: &str = "smsgate_store_quarantined_total";
+/// `task_restarts_total{task}`: long-lived tasks restarted after a panic.
+pub const TASK_RESTARTS: &str = "smsgate_task_restarts_total";
+/// `store_failed`: 1 once a write failed (the process is about to exit).
+pub const STORE_FAILED: &str = "smsgate_store_failed";
 /// `store_commit_seconds`
 pub const STORE_COMMIT: &str = "smsgate_store_commit_seconds";
 /// `store_commit_batch_size`
@@ -128,6 +134,24 @@ fn describe() {
     describe_gauge!(DISK_FREE, Unit::Bytes, "Free space on the data directory's file system");
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Space the store uses on disk");
     describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
+    describe_counter!(STORE_QUARANTINED, "Records that could not be decoded and were set aside under x/");
+    describe_counter!(TASK_RESTARTS, "Long-lived tasks restarted after a panic");
+    describe_gauge!(STORE_FAILED, "1 once a store write failed (fail-stop: the process exits)");
+}
+
+/// A record set aside.
+pub fn quarantined() {
+    counter!(STORE_QUARANTINED).increment(1);
+}
+
+/// A task restarted after a panic.
+pub fn task_restart(task: &'static str) {
+    counter!(TASK_RESTARTS, "task" => task).increment(1);
+}
+
+/// The store failed.
+pub fn store_failed() {
+    gauge!(STORE_FAILED).set(1.0);
 }
 
 /// Records one group commit.

@@ -36,7 +36,7 @@ fn message(id: &str, seq: u64, parts: usize) -> Message {
         parts: vec![Part::default(); parts],
         attempts: 0,
         error: None,
-        history: vec![Event { status: Status::Queued, at_ms: 1, detail: None }],
+        history: vec![Event::new(Status::Queued, 1, None)],
     }
 }
 
@@ -106,7 +106,7 @@ async fn multipart_is_delivered_only_when_every_part_is() {
     let store = Store::open(dir.path(), &StoreOptions::default(), keys.clone()).unwrap();
     store.commit_one(Op::Insert(Box::new(message("M", 1, 3)))).await.unwrap();
     store.commit(vec![submitted("M", 0, "p0"), submitted("M", 1, "p1")]).await.unwrap();
-    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Queued, "not all parts submitted yet");
+    assert_eq!(store.message("M").unwrap().unwrap().status, Status::Submitting, "not all parts submitted yet");
     assert_eq!(store.queue_entries().unwrap().len(), 1);
     store.commit_one(submitted("M", 2, "p2")).await.unwrap();
     assert_eq!(store.message("M").unwrap().unwrap().status, Status::Submitted);

@@ -95,11 +95,7 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
         msg.expires_ms = due + (msg.expires_ms - msg.due_ms);
         msg.due_ms = due;
         msg.status = Status::Scheduled;
-        msg.history = vec![crate::message::Event {
-            status: Status::Scheduled,
-            at_ms: msg.created_ms,
-            detail: Some("quiet_hours".into()),
-        }];
+        msg.history = vec![crate::message::Event::new(Status::Scheduled, msg.created_ms, Some("quiet_hours".into()))];
     }
     msg.recipient_tz = Some(plan.recipient_tz);
     for rule in &plan.flags {
@@ -234,16 +230,25 @@ async fn accept(
         .collect();
     let ops = messages.into_iter().map(|m| Op::Insert(Box::new(m))).collect();
     let hash = guard.idempotency.as_ref().map(|(_, r)| r.body_hash.clone()).unwrap_or_default();
-    match state.store.commit_guarded(ops, Some(guard)).await.map_err(store_error)? {
-        Guarded::Applied(_) => {
+    // Commit and enqueue on a task of their own: a client that hangs up (or an HTTP/2 stream
+    // reset) drops this request's future, and a message committed without being queued
+    // would wait for the next restart.
+    let (store, queues) = (state.store.clone(), state.queues.clone());
+    let stored = tokio::spawn(async move {
+        let outcome = store.commit_guarded(ops, Some(guard)).await;
+        if let Ok(Guarded::Applied(_)) = &outcome {
             m::accepted(queued.len() as u64);
             for (carrier, entry) in queued {
-                if let Some(q) = state.queues.get(&carrier) {
+                if let Some(q) = queues.get(&carrier) {
                     q.push(entry);
                 }
             }
-            Ok(json_response(status, &response))
         }
+        outcome
+    });
+    let outcome = stored.await.map_err(|_| store_error(crate::store::StoreError::Closed))?;
+    match outcome.map_err(store_error)? {
+        Guarded::Applied(_) => Ok(json_response(status, &response)),
         Guarded::Replay(record) => replay(&record, &hash),
         Guarded::QuotaExceeded { label, used, limit } if label == "daily_quota" => Err(ApiError::too_many(
             "quota_exceeded",
@@ -262,11 +267,19 @@ async fn accept(
     }
 }
 
-/// Looks for an earlier answer to the same key before doing any work.
-fn early_replay(state: &AppState, principal: &Principal, key: &Option<String>, hash: &str) -> Option<Handled> {
+/// Looks for an earlier answer to the same key before doing any work. What sled shows may
+/// be applied but not yet fsynced, so the replay waits for the writer to make it durable: a
+/// retry is never answered before the request it repeats.
+async fn early_replay(state: &AppState, principal: &Principal, key: &Option<String>, hash: &str) -> Option<Handled> {
     let key = key.as_ref()?;
     let record: IdempotencyRecord = state.store.get(&layout::idempotency(&principal.key_id, key)).ok()??;
-    (now_ms() < record.created_ms + crate::store::IDEMPOTENCY_TTL_MS).then(|| replay(&record, hash))
+    if now_ms() >= record.created_ms + crate::store::IDEMPOTENCY_TTL_MS {
+        return None;
+    }
+    if let Err(e) = state.store.durable_barrier().await {
+        return Some(Err(store_error(e)));
+    }
+    Some(replay(&record, hash))
 }
 
 /// `POST /v1/messages`
@@ -276,7 +289,7 @@ pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
     let idem = idempotency_key(&req)?;
     let (bytes, value) = read_json(req, MAX_BODY_BYTES).await?;
     let hash = body_hash(&idem, &bytes);
-    if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
+    if let Some(answer) = early_replay(state, &principal, &idem, &hash).await {
         return answer;
     }
     let (msg, quotas) = prepare(state, &principal, &value)?;
@@ -299,7 +312,7 @@ pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
     let idem = idempotency_key(&req)?;
     let (bytes, value) = read_json(req, MAX_BATCH_BYTES).await?;
     let hash = body_hash(&idem, &bytes);
-    if let Some(answer) = early_replay(state, &principal, &idem, &hash) {
+    if let Some(answer) = early_replay(state, &principal, &idem, &hash).await {
         return answer;
     }
     let Value::Object(envelope) = &value else {
@@ -383,11 +396,10 @@ pub async fn cancel(state: &AppState, req: &Request<Incoming>, id: &str) -> Hand
             "The message is (being) submitted to the carrier; it can no longer be cancelled.",
         )
     };
-    if !state.claims.try_claim(id) {
-        return Err(submitted()); // the dispatcher is handing it to a carrier right now
-    }
+    // The dispatcher is handing it to a carrier right now.
+    let claim = state.claims.claim(id).ok_or_else(submitted)?;
     let result = state.store.commit_one(Op::Cancel { id: id.to_string() }).await;
-    state.claims.release(id);
+    drop(claim);
     match result.map_err(store_error)? {
         OpResult::Updated { .. } | OpResult::AlreadyFinal(Status::Cancelled) => {
             let msg = owned_message(state, &principal, id)?;

@@ -291,6 +291,10 @@ pub fn message_view(m: &Message) -> Value {
         "history": m.history.iter().map(|e| {
             let mut h = json!({"status": e.status.as_str(), "at": rfc3339(e.at_ms)});
             if let Some(d) = &e.detail { h["detail"] = json!(d); }
+            if e.repeats > 0 {
+                h["repeats"] = json!(e.repeats);
+                h["last_at"] = json!(rfc3339(e.last_at_ms.unwrap_or(e.at_ms)));
+            }
             h
         }).collect::<Vec<_>>(),
     });
@@ -317,11 +321,16 @@ fn readyz(state: &AppState) -> Response<Full<Bytes>> {
             json!({ "transmitting_binds": link.transmitting_binds(), "binds": binds }),
         );
     }
-    let accepting = state.accepting.load(Ordering::Acquire);
+    let failure = state.store.tripwire().reason();
+    let accepting = state.accepting.load(Ordering::Acquire) && failure.is_none();
     let ready = any_bound && accepting;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json_response(
-        status,
-        &json!({ "ready": ready, "accepting": accepting, "store": "open", "queued": state.queues.total(), "carriers": carriers }),
-    )
+    let mut body = json!({
+        "ready": ready, "accepting": accepting, "store": if failure.is_some() { "failed" } else { "open" },
+        "queued": state.queues.total(), "carriers": carriers,
+    });
+    if let Some(reason) = failure {
+        body["store_error"] = json!(reason);
+    }
+    json_response(status, &body)
 }

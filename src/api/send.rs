@@ -238,7 +238,7 @@ pub fn build_message(
         parts: vec![Part::default(); analysis.segments],
         attempts: 0,
         error: None,
-        history: vec![Event { status, at_ms: now, detail: None }],
+        history: vec![Event::new(status, now, None)],
     }
 }
 

@@ -5,14 +5,19 @@
 //! The dispatcher sees only [`CarrierLink`]: it sends [`SubmitJob`]s into a channel shared
 //! by the carrier's binds; whichever bind has a free window slot takes the next one. The
 //! window slot (a semaphore permit) travels back with the response, and the dispatcher drops
-//! it only after the response is durable. So at any moment at most `window × binds`
-//! messages are sent without a durable record of their answer, which is what bounds
-//! duplicates after a crash.
+//! it only after the response is durable. Each bind keeps one window for its whole life, not
+//! one per connection, so slots still held for answers of an earlier connection count after
+//! a reconnect. So at any moment at most `window × binds` messages are sent without a
+//! durable record of their answer, which is what bounds duplicates after a crash.
+//!
+//! A job waiting in the channel can be withdrawn (its [`Ticket`]) until a bind takes it: a
+//! dispatcher whose carrier went down takes its parts back instead of waiting for the
+//! outage.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +75,30 @@ pub struct SubmitJob {
     pub sm: ShortMessage,
     /// Where the answer goes. If this is dropped unanswered, the PDU was never written.
     pub reply: oneshot::Sender<SubmitResult>,
+    /// Taken by a bind, or withdrawn by the dispatcher: whichever comes first.
+    pub ticket: Ticket,
+}
+
+/// Who has a job: still waiting in the channel, taken by a bind (its answer will come), or
+/// withdrawn by the dispatcher (no bind will send it).
+#[derive(Debug, Clone, Default)]
+pub struct Ticket(Arc<AtomicU8>);
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Ticket {
+    /// A bind takes the job; false if it was withdrawn.
+    fn take(&self) -> bool {
+        self.0.compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The dispatcher takes the job back; false if a bind has it already (then its answer,
+    /// or the end of that connection, will come).
+    pub fn withdraw(&self) -> bool {
+        self.0.compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
 }
 
 /// The answer to a [`SubmitJob`].
@@ -201,6 +230,7 @@ pub fn start(
                 jobs: jobs.clone(),
                 handler: handler.clone(),
                 state: state.clone(),
+                window: Arc::new(Semaphore::new(settings.window)),
             };
             let span = tracing::info_span!("bind", carrier = %settings.name, n = index, mode = mode.as_str());
             tokio::spawn(bind.run(shutdown.clone()).instrument(span))
@@ -255,6 +285,8 @@ struct Bind {
     jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<SubmitJob>>>,
     handler: Arc<dyn InboundHandler>,
     state: Arc<LinkState>,
+    /// Window slots, for the bind's whole life (see the module docs).
+    window: Arc<Semaphore>,
 }
 
 impl Bind {
@@ -333,11 +365,10 @@ impl Bind {
         let mut writer_task = tokio::spawn(write_frames(writer, out_rx));
         let pending: Arc<Mutex<HashMap<u32, Pending>>> = Arc::default();
         let seq = Arc::new(SeqGen::new());
-        let window = Arc::new(Semaphore::new(s.window));
         let pump = self.can_transmit().then(|| {
             tokio::spawn(pump(
                 self.jobs.clone(),
-                window.clone(),
+                self.window.clone(),
                 pending.clone(),
                 out_tx.clone(),
                 seq.clone(),
@@ -550,9 +581,12 @@ async fn pump(
         };
         let job = {
             let mut rx = jobs.lock().await;
-            match rx.recv().await {
-                Some(job) => job,
-                None => return,
+            loop {
+                match rx.recv().await {
+                    Some(job) if job.ticket.take() => break job,
+                    Some(_) => continue, // withdrawn while it waited
+                    None => return,
+                }
             }
         };
         let n = seq.next();

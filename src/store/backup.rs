@@ -5,11 +5,15 @@
 //! `0x00 ‖ SHA-256 of everything before the digest`. Values stay sealed: a backup is as
 //! unreadable as the store without the data keys, which it does not contain.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ring::digest::{Context, SHA256};
+use sled::IVec;
 use tokio::sync::oneshot;
 
 use super::StoreError;
@@ -23,8 +27,42 @@ pub struct Snapshot {
     pub out: PathBuf,
     /// Extra files to include: (name inside the backup, path now).
     pub files: Vec<(String, PathBuf)>,
-    /// Gets the record count.
-    pub done: oneshot::Sender<u64>,
+    /// Gets the record count, or why the backup failed.
+    pub done: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Old values of keys the writer changed since a backup's starting point: the copy takes
+/// those instead of what it finds in the live tree, so it shows the store exactly as it was
+/// at that point while commits go on.
+#[derive(Debug, Default)]
+pub struct CopyOnWrite {
+    active: AtomicBool,
+    /// key → value at the starting point (`None`: absent then).
+    before: Mutex<HashMap<Vec<u8>, Option<IVec>>>,
+}
+
+impl CopyOnWrite {
+    /// Still copying.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Called by the writer before it changes `key`: the first change keeps the old value.
+    pub fn keep(&self, db: &sled::Db, key: &[u8]) -> Result<(), StoreError> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        let Ok(mut before) = self.before.lock() else { return Ok(()) };
+        if !before.contains_key(key) {
+            before.insert(key.to_vec(), db.get(key)?);
+        }
+        Ok(())
+    }
+
+    /// The value of `key` at the starting point, if the writer changed it since.
+    fn before(&self, key: &[u8]) -> Option<Option<IVec>> {
+        self.before.lock().ok()?.get(key).cloned()
+    }
 }
 
 struct Hashing<W: Write> {
@@ -37,39 +75,127 @@ impl<W: Write> Hashing<W> {
         self.hash.update(bytes);
         self.inner.write_all(bytes)
     }
+
+    fn record(&mut self, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+        self.put(&[1])?;
+        self.put(&(k.len() as u32).to_be_bytes())?;
+        self.put(k)?;
+        self.put(&(v.len() as u32).to_be_bytes())?;
+        self.put(v)
+    }
 }
 
 fn io(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what}: {e}"))
 }
 
-/// Writes the whole tree and the files to `out` (called on the writer thread, between commits).
-pub fn write(db: &sled::Db, out: &Path, files: &[(String, PathBuf)]) -> Result<u64, StoreError> {
-    let file = File::create(out).map_err(|e| io(&out.display().to_string(), e))?;
+/// Starts the copy on its own thread (called by the writer at the starting point, with
+/// `cow` already in place). The files are copied up to their length now: the audit log only
+/// grows, so that is its content at this point.
+pub(super) fn spawn(db: sled::Db, cow: Arc<CopyOnWrite>, snapshot: Snapshot) {
+    cow.active.store(true, Ordering::Release);
+    let files: Vec<(String, PathBuf, u64)> = snapshot
+        .files
+        .iter()
+        .filter_map(|(name, path)| Some((name.clone(), path.clone(), std::fs::metadata(path).ok()?.len())))
+        .collect();
+    let out = snapshot.out;
+    let done = snapshot.done;
+    let thread = std::thread::Builder::new().name("store-backup".into()).spawn(move || {
+        let result = write(&db, &cow, &out, &files);
+        cow.active.store(false, Ordering::Release);
+        let _ = done.send(result);
+    });
+    if let Err(e) = thread {
+        tracing::error!(error = %e, "cannot start the backup thread");
+    }
+}
+
+/// Writes the tree as of the starting point, then the files, to a temporary file that is
+/// renamed to `out` once complete and synced.
+fn write(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, PathBuf, u64)]) -> Result<u64, StoreError> {
+    let tmp = out.with_extension("partial");
+    let result = write_to(db, cow, &tmp, files);
+    match result {
+        Ok(count) => {
+            std::fs::rename(&tmp, out).map_err(|e| io(&out.display().to_string(), e))?;
+            if let Some(dir) = out.parent() {
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(count)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_to(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, PathBuf, u64)]) -> Result<u64, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| io(&out.display().to_string(), e))?;
     let mut w = Hashing { inner: BufWriter::new(file), hash: Context::new(&SHA256) };
     let e = |err| io("writing the backup", err);
     w.put(MAGIC).map_err(e)?;
     let mut count = 0u64;
+    // Keys the writer changed during the copy and that the copy already wrote.
+    let mut written_changed = HashSet::new();
     for item in db.iter() {
         let (k, v) = item?;
-        w.put(&[1]).map_err(e)?;
-        w.put(&(k.len() as u32).to_be_bytes()).map_err(e)?;
-        w.put(&k).map_err(e)?;
-        w.put(&(v.len() as u32).to_be_bytes()).map_err(e)?;
-        w.put(&v).map_err(e)?;
+        match cow.before(&k) {
+            None => w.record(&k, &v).map_err(e)?,
+            Some(None) => continue, // created after the starting point
+            Some(Some(old)) => {
+                w.record(&k, &old).map_err(e)?;
+                written_changed.insert(k.to_vec());
+            }
+        }
         count += 1;
     }
-    for (name, path) in files {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+    // Keys deleted (or skipped by the live iteration) after the starting point.
+    let rest: Vec<(Vec<u8>, IVec)> = cow
+        .before
+        .lock()
+        .map(|b| {
+            b.iter()
+                .filter(|(k, _)| !written_changed.contains(*k))
+                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in rest {
+        w.record(&k, &v).map_err(e)?;
+        count += 1;
+    }
+    for (name, path, len) in files {
+        let mut f = match File::open(path) {
+            Ok(f) => f.take(*len),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(io(&path.display().to_string(), err)),
         };
         w.put(&[2]).map_err(e)?;
         w.put(&(name.len() as u16).to_be_bytes()).map_err(e)?;
         w.put(name.as_bytes()).map_err(e)?;
-        w.put(&(bytes.len() as u64).to_be_bytes()).map_err(e)?;
-        w.put(&bytes).map_err(e)?;
+        w.put(&len.to_be_bytes()).map_err(e)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut copied = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(e)?;
+            if n == 0 {
+                break;
+            }
+            w.put(&buf[..n]).map_err(e)?;
+            copied += n as u64;
+        }
+        if copied != *len {
+            return Err(StoreError::Io(format!("{} shrank while it was copied", path.display())));
+        }
     }
     w.put(&[0]).map_err(e)?;
     let digest = w.hash.finish();

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::{Crypto, CryptoError};
+use crate::faults::Faults;
 use crate::message::{Content, ErrorInfo, Message, Status};
+use crate::tripwire::Tripwire;
 
 pub use writer::WriterStats;
 
@@ -32,7 +34,7 @@ pub enum StoreError {
     /// sled or the file system failed.
     #[error("store I/O error: {0}")]
     Io(String),
-    /// A stored record could not be decoded.
+    /// A stored record could not be decoded (it is set aside under `x/`).
     #[error("corrupt record under {key}: {reason}")]
     Corrupt {
         /// Key whose value is bad (printable part only).
@@ -40,6 +42,17 @@ pub enum StoreError {
         /// Decoder's message.
         reason: String,
     },
+    /// A sealed value does not open with the data keys (a wrong key file, or tampering).
+    #[error("sealed value under {key} does not open: {reason}")]
+    Sealed {
+        /// Key whose value is sealed (printable part only).
+        key: String,
+        /// Why it does not open.
+        reason: String,
+    },
+    /// An earlier write failed; the store takes no more writes until the process restarts.
+    #[error("the store stopped after a failed write ({0}); restart smsgate")]
+    Failed(String),
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
@@ -113,6 +126,14 @@ pub enum Op {
         /// What it says.
         outcome: ReceiptOutcome,
     },
+    /// A queued message's carriers, routed again (its carrier left the configuration): the
+    /// record and the queue entry change together.
+    Reroute {
+        /// Message id.
+        id: String,
+        /// The new route, first carrier first.
+        route: Vec<String>,
+    },
     /// Cancel a message that no part of has been submitted yet.
     Cancel {
         /// Message id.
@@ -136,6 +157,16 @@ pub enum Op {
     Delete {
         /// Full key.
         key: Vec<u8>,
+    },
+    /// Sets a record that could not be decoded aside under `x/`, if it still holds `seen`
+    /// (readers that find one ask for this without waiting).
+    Quarantine {
+        /// Its key.
+        key: Vec<u8>,
+        /// The bytes the reader could not decode.
+        seen: Vec<u8>,
+        /// The decoder's message.
+        reason: String,
     },
     /// An auxiliary record (API key, inbound message) under a key from [`layout`].
     Put {
@@ -267,6 +298,8 @@ struct Inner {
     tx: mpsc::Sender<Request>,
     stats: Arc<WriterStats>,
     crypto: KeyHandle,
+    tripwire: Tripwire,
+    faults: Faults,
 }
 
 /// The data keys, swappable at run time (key rotation) without reopening the store.
@@ -279,11 +312,13 @@ pub struct StoreOptions {
     pub cache_bytes: u64,
     /// Most ops in one group commit.
     pub group_commit_max: usize,
+    /// Injected faults (test builds only; inert otherwise).
+    pub faults: Faults,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 256 << 20, group_commit_max: 2048 }
+        StoreOptions { cache_bytes: 256 << 20, group_commit_max: 2048, faults: Faults::default() }
     }
 }
 
@@ -311,8 +346,32 @@ impl Store {
         let (tx, rx) = mpsc::channel(16_384);
         let stats = Arc::new(WriterStats::default());
         let crypto: KeyHandle = Arc::new(std::sync::RwLock::new(crypto));
-        writer::spawn(db.clone(), log, rx, options.group_commit_max.max(1), stats.clone(), crypto.clone())?;
-        Ok(Store { inner: Arc::new(Inner { db, path, tx, stats, crypto }) })
+        let tripwire = Tripwire::default();
+        writer::spawn(
+            writer::Writer {
+                db: db.clone(),
+                log,
+                max_ops: options.group_commit_max.max(1),
+                stats: stats.clone(),
+                crypto: crypto.clone(),
+                tripwire: tripwire.clone(),
+                faults: options.faults.clone(),
+                backup: None,
+            },
+            rx,
+        )?;
+        let faults = options.faults.clone();
+        Ok(Store { inner: Arc::new(Inner { db, path, tx, stats, crypto, tripwire, faults }) })
+    }
+
+    /// Trips when a write fails (see [`Tripwire`]); the gateway exits on it.
+    pub fn tripwire(&self) -> &Tripwire {
+        &self.inner.tripwire
+    }
+
+    /// The faults armed for this store (test builds).
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// Directory of the sled files.
@@ -331,9 +390,18 @@ impl Store {
 
     /// Applies `ops` only if `guard`'s preconditions hold, atomically and durably.
     pub async fn commit_guarded(&self, ops: Vec<Op>, guard: Option<Guard>) -> Result<Guarded, StoreError> {
+        if let Some(reason) = self.inner.tripwire.reason() {
+            return Err(StoreError::Failed(reason.to_string()));
+        }
         let (reply, rx) = oneshot::channel();
         self.inner.tx.send(Request { ops, guard, snapshot: None, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once everything the writer applied before this call is on disk: what a reader
+    /// saw in sled may come from a group that is applied but not yet fsynced.
+    pub async fn durable_barrier(&self) -> Result<(), StoreError> {
+        self.commit(Vec::new()).await.map(|_| ())
     }
 
     /// Commits a single op.
@@ -347,17 +415,44 @@ impl Store {
         self.inner.stats.clone()
     }
 
-    /// Reads one message, its content opened.
+    /// Reads one message, its content opened. A record that does not decode is set aside
+    /// and reads as absent.
     pub fn message(&self, id: &str) -> Result<Option<Message>, StoreError> {
         let key = layout::message(id);
-        match self.inner.db.get(&key)? {
-            None => Ok(None),
-            Some(v) => {
-                let mut msg: Message = decode(&key, &v)?;
-                msg.content = open_content(&self.crypto(), &key, msg.sealed.as_ref())?;
-                Ok(Some(msg))
+        let Some(mut msg) = self.get::<Message>(&key)? else { return Ok(None) };
+        msg.content = open_content(&self.crypto(), &key, msg.sealed.as_ref())?;
+        Ok(Some(msg))
+    }
+
+    /// Decodes a value read outside the writer; one that does not decode is handed to the
+    /// writer to be set aside (without waiting) and skipped.
+    fn decode_or_quarantine<T: serde::de::DeserializeOwned>(&self, key: &[u8], value: &[u8]) -> Option<T> {
+        match decode(key, value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.quarantine(key, value, &e.to_string());
+                None
             }
         }
+    }
+
+    /// Asks the writer to set `key` aside if it still holds `seen`.
+    fn quarantine(&self, key: &[u8], seen: &[u8], reason: &str) {
+        let (reply, _) = oneshot::channel();
+        let op = Op::Quarantine { key: key.to_vec(), seen: seen.to_vec(), reason: reason.to_string() };
+        let _ = self.inner.tx.try_send(Request { ops: vec![op], guard: None, snapshot: None, reply });
+    }
+
+    /// Records set aside under `x/`: (original key, reason, when).
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(layout::QUARANTINE) {
+            let (k, v) = item?;
+            let original = String::from_utf8_lossy(&k[layout::QUARANTINE.len()..]).into_owned();
+            let entry: QuarantineRecord = serde_json::from_slice(&v).unwrap_or_default();
+            out.push(Quarantined { key: original, reason: entry.reason, at_ms: entry.at_ms, bytes: entry.value.len() });
+        }
+        Ok(out)
     }
 
     /// The data keys (for sealing before commit and for blind indexes).
@@ -387,34 +482,38 @@ impl Store {
     }
 
     /// Visits every queue entry in due order without collecting them (rebuilding the scheduler
-    /// at startup: a million entries must not be held twice).
+    /// at startup: a million entries must not be held twice). A malformed entry is set aside.
     pub fn for_each_queue_entry(
         &self,
         mut visit: impl FnMut(QueueEntry) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for item in self.inner.db.scan_prefix(layout::QUEUE) {
             let (k, v) = item?;
-            let Some((due_ms, seq)) = layout::parse_queue(&k) else {
-                return Err(corrupt(&k, "bad queue key"));
+            let parsed = layout::parse_queue(&k).zip(layout::parse_queue_value(&v));
+            let Some(((due_ms, seq), (id, carrier, expires_ms))) = parsed else {
+                self.quarantine(&k, &v, "malformed queue entry");
+                continue;
             };
-            let (id, carrier, expires_ms) =
-                layout::parse_queue_value(&v).ok_or_else(|| corrupt(&k, "bad queue value"))?;
             visit(QueueEntry { due_ms, seq, id, carrier, expires_ms })?;
         }
         Ok(())
     }
 
-    /// Every value under a prefix, decoded.
-    pub fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(prefix) {
-            let (k, v) = item?;
-            out.push(decode(&k, &v)?);
+    /// Sets a queue entry aside (its message record is gone or unreadable).
+    pub fn quarantine_queue_entry(&self, due_ms: u64, seq: u64, reason: &str) -> Result<(), StoreError> {
+        let key = layout::queue(due_ms, seq);
+        if let Some(v) = self.inner.db.get(&key)? {
+            self.quarantine(&key, &v, reason);
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Every (key, value) under a prefix, decoded.
+    /// Every value under a prefix, decoded (undecodable ones set aside).
+    pub fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        Ok(self.scan_with_keys(prefix)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Every (key, value) under a prefix, decoded (undecodable ones set aside).
     pub fn scan_with_keys<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &[u8],
@@ -422,7 +521,9 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.db.scan_prefix(prefix) {
             let (k, v) = item?;
-            out.push((k.to_vec(), decode(&k, &v)?));
+            if let Some(value) = self.decode_or_quarantine(&k, &v) {
+                out.push((k.to_vec(), value));
+            }
         }
         Ok(out)
     }
@@ -448,7 +549,9 @@ impl Store {
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push((k.to_vec(), decode(&k, &v)?));
+            if let Some(value) = self.decode_or_quarantine(&k, &v) {
+                out.push((k.to_vec(), value));
+            }
         }
         Ok(out)
     }
@@ -458,11 +561,11 @@ impl Store {
         Ok(self.inner.db.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
     }
 
-    /// One auxiliary record.
+    /// One record (absent, or undecodable and set aside: `None`).
     pub fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.inner.db.get(key)? {
             None => Ok(None),
-            Some(v) => decode(key, &v).map(Some),
+            Some(v) => Ok(self.decode_or_quarantine(key, &v)),
         }
     }
 
@@ -473,7 +576,8 @@ impl Store {
     }
 
     /// Deletes what has outlived its use: idempotency entries past 24 h, usage counters of
-    /// days before yesterday, orphan receipts older than `orphan_ttl_ms`. Returns how many.
+    /// days before yesterday, per-recipient frequency counters older than the longest cap
+    /// window (a week) plus a day, orphan receipts older than `orphan_ttl_ms`. Returns how many.
     pub async fn sweep(&self, now_ms: u64, orphan_ttl_ms: u64) -> Result<usize, StoreError> {
         let mut ops = Vec::new();
         for item in self.inner.db.scan_prefix(layout::IDEMPOTENCY) {
@@ -485,14 +589,24 @@ impl Store {
                 ops.push(Op::Delete { key: k.to_vec() });
             }
         }
-        let yesterday = jiff::Timestamp::from_millisecond(now_ms as i64 - 86_400_000)
-            .map(|t| t.strftime("%Y%m%d").to_string())
-            .unwrap_or_default();
-        for item in self.inner.db.scan_prefix(layout::USAGE) {
-            let (k, _) = item?;
+        let day_before = |days: i64| {
+            jiff::Timestamp::from_millisecond(now_ms as i64 - days * 86_400_000)
+                .map(|t| t.strftime("%Y%m%d").to_string())
+                .unwrap_or_default()
+        };
+        // Both key forms end in `\0YYYYMMDD`.
+        let older_than = |k: &[u8], cutoff: &str| {
             let day = k.rsplit(|&b| b == 0).next().map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default();
-            if day < yesterday {
-                ops.push(Op::Delete { key: k.to_vec() });
+            day.as_str() < cutoff
+        };
+        for (prefix, cutoff) in
+            [(layout::USAGE, day_before(1)), (crate::compliance::registry::FREQUENCY, day_before(8))]
+        {
+            for item in self.inner.db.scan_prefix(prefix) {
+                let (k, _) = item?;
+                if older_than(&k, &cutoff) {
+                    ops.push(Op::Delete { key: k.to_vec() });
+                }
             }
         }
         for item in self.inner.db.scan_prefix(layout::ORPHAN) {
@@ -510,9 +624,10 @@ impl Store {
         Ok(n)
     }
 
-    /// Writes a consistent backup to `out`: the writer takes it between two commits, so it
-    /// holds exactly the commits before it; `files` (name, path) are added as they are then
-    /// (the audit log). Returns the number of records.
+    /// Writes a consistent backup to `out`: it holds exactly the commits before the point in
+    /// the write order where the writer took it, and `files` (name, path; the audit log) up to
+    /// their length at that point. The copy runs on its own thread while commits go on (see
+    /// [`backup`]). Returns the number of records.
     pub async fn backup(&self, out: &Path, files: Vec<(String, PathBuf)>) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         let (done, count) = oneshot::channel();
@@ -523,7 +638,7 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)??;
-        count.await.map_err(|_| StoreError::Closed)
+        count.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Bytes used on disk.
@@ -538,12 +653,40 @@ impl Store {
     }
 }
 
+/// A record set aside, as `smsgate quarantine list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    /// The key it had (printable).
+    pub key: String,
+    /// Why it was set aside.
+    pub reason: String,
+    /// When (ms).
+    pub at_ms: u64,
+    /// Size of the bytes kept.
+    pub bytes: usize,
+}
+
+/// The value stored under `x/{key}`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct QuarantineRecord {
+    pub reason: String,
+    pub at_ms: u64,
+    /// The original bytes, base64.
+    pub value: String,
+}
+
 /// Opens a message's sealed content (empty when there is none).
 fn open_content(crypto: &Crypto, key: &[u8], sealed: Option<&crate::crypto::Sealed>) -> Result<Content, StoreError> {
     match sealed {
         None => Ok(Content::default()),
-        Some(s) => crypto.open_json(s, key).map_err(|e: CryptoError| corrupt(key, &e.to_string())),
+        Some(s) => crypto
+            .open_json(s, key)
+            .map_err(|e: CryptoError| StoreError::Sealed { key: printable(key), reason: e.to_string() }),
     }
+}
+
+fn printable(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).chars().take(40).collect()
 }
 
 /// Seals a message's content, bound to its record key.
@@ -552,7 +695,7 @@ pub fn seal_content(crypto: &Crypto, msg: &Message) -> crate::crypto::Sealed {
 }
 
 fn corrupt(key: &[u8], reason: &str) -> StoreError {
-    StoreError::Corrupt { key: String::from_utf8_lossy(key).chars().take(40).collect(), reason: reason.to_string() }
+    StoreError::Corrupt { key: printable(key), reason: reason.to_string() }
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {

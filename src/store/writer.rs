@@ -3,6 +3,11 @@
 //! Because every mutation runs here, one after another, read-modify-write of a message record
 //! needs no locks or transactions: the dispatcher's "submitted" and a receipt's "delivered"
 //! for the same message can never race.
+//!
+//! Fail-stop: the first apply, flush or fdatasync error trips the store's [`Tripwire`]. The
+//! failed group may already sit in sled's memory, so nothing is applied after it: every
+//! waiter of that group and every later request gets [`StoreError::Failed`], and the gateway
+//! exits so that a restart reads only what reached the disk.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,11 +17,15 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::backup::CopyOnWrite;
 use super::{
-    Guard, Guarded, IDEMPOTENCY_TTL_MS, Op, OpResult, ReceiptOutcome, Request, StoreError, decode, encode, layout,
+    Guard, Guarded, IDEMPOTENCY_TTL_MS, Op, OpResult, QuarantineRecord, ReceiptOutcome, Request, StoreError, decode,
+    encode, layout,
 };
+use crate::faults::Faults;
 use crate::message::{ErrorInfo, Message, Status, now_ms};
 use crate::metrics as m;
+use crate::tripwire::Tripwire;
 
 /// Counters of the writer, for tests and the operations page.
 #[derive(Debug, Default)]
@@ -29,28 +38,51 @@ pub struct WriterStats {
     pub exited: std::sync::atomic::AtomicBool,
 }
 
-pub(super) fn spawn(
-    db: sled::Db,
-    log: File,
-    mut rx: mpsc::Receiver<Request>,
-    max_ops: usize,
-    stats: Arc<WriterStats>,
-    crypto: super::KeyHandle,
-) -> Result<(), StoreError> {
+/// The writer thread's state.
+pub(super) struct Writer {
+    pub db: sled::Db,
+    /// sled's log file, for the fdatasync after each flush.
+    pub log: File,
+    pub max_ops: usize,
+    pub stats: Arc<WriterStats>,
+    pub crypto: super::KeyHandle,
+    pub tripwire: Tripwire,
+    pub faults: Faults,
+    /// The backup being copied, if one runs: keys the writer changes keep their old value there.
+    pub backup: Option<Arc<CopyOnWrite>>,
+}
+
+/// Trips the store if the writer thread ends by a panic.
+struct PanicGuard(Tripwire);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.trip("the store writer thread panicked");
+        }
+    }
+}
+
+pub(super) fn spawn(mut w: Writer, mut rx: mpsc::Receiver<Request>) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
+            let _guard = PanicGuard(w.tripwire.clone());
             let mut next = None;
             while let Some(first) = next.take().or_else(|| rx.blocking_recv()) {
+                if let Some(reason) = w.tripwire.reason() {
+                    let _ = first.reply.send(Err(StoreError::Failed(reason.to_string())));
+                    continue;
+                }
                 if first.snapshot.is_some() {
-                    take_snapshot(&db, first);
+                    w.start_backup(first);
                     continue;
                 }
                 let mut requests = vec![first];
                 let mut ops = requests[0].ops.len();
-                while ops < max_ops {
+                while ops < w.max_ops {
                     match rx.try_recv() {
-                        // A backup waits until what came before it is committed.
+                        // A backup starts after what came before it is committed.
                         Ok(r) if r.snapshot.is_some() => {
                             next = Some(r);
                             break;
@@ -62,75 +94,96 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                let keys = match crypto.read() {
-                    Ok(c) => c.clone(),
-                    Err(poisoned) => poisoned.into_inner().clone(),
-                };
-                commit_group(&db, &log, requests, &stats, &keys);
+                w.commit_group(requests);
             }
-            // Channel closed: every Store handle is gone. Leave sled consistent.
-            let _ = db.flush();
-            let _ = log.sync_data();
-            drop(db);
+            // Channel closed: every Store handle is gone. Leave sled consistent (unless a
+            // write failed: then what is on disk is what a restart must see), and release
+            // sled's files before saying so: the same directory may be opened at once.
+            if !w.tripwire.is_tripped() {
+                let _ = w.db.flush();
+                let _ = w.log.sync_data();
+            }
+            let stats = w.stats.clone();
+            drop(w);
             stats.exited.store(true, Ordering::Release);
         })
         .map_err(|e| StoreError::Io(format!("spawn store writer: {e}")))?;
     Ok(())
 }
 
-fn take_snapshot(db: &sled::Db, request: Request) {
-    let Some(snapshot) = request.snapshot else { return };
-    let result = super::backup::write(db, &snapshot.out, &snapshot.files);
-    let reply = match result {
-        Ok(count) => {
-            let _ = snapshot.done.send(count);
-            Ok(Guarded::Applied(Vec::new()))
+impl Writer {
+    /// Starts copying a backup on its own thread; commits go on meanwhile (their keys' old
+    /// values are kept for the copy). Answers the request at once; the count comes later.
+    fn start_backup(&mut self, request: Request) {
+        let Some(snapshot) = request.snapshot else { return };
+        if self.backup.as_ref().is_some_and(|b| b.is_active()) {
+            let _ = snapshot.done.send(Err(StoreError::Io("a backup is already running".into())));
+            let _ = request.reply.send(Ok(Guarded::Applied(Vec::new())));
+            return;
         }
-        Err(e) => Err(e),
-    };
-    let _ = request.reply.send(reply);
-}
+        let cow = Arc::new(CopyOnWrite::default());
+        self.backup = Some(cow.clone());
+        super::backup::spawn(self.db.clone(), cow, snapshot);
+        let _ = request.reply.send(Ok(Guarded::Applied(Vec::new())));
+    }
 
-fn commit_group(
-    db: &sled::Db,
-    log: &File,
-    requests: Vec<Request>,
-    stats: &WriterStats,
-    crypto: &crate::crypto::Crypto,
-) {
-    let started = Instant::now();
-    let mut set = WriteSet::new(db);
-    let mut results = Vec::with_capacity(requests.len());
-    let mut op_count = 0u64;
-    for r in &requests {
-        let outcome = match r.guard.as_ref().map(|g| set.check(g)).transpose() {
-            Err(e) => Err(e),
-            Ok(Some(refused @ (Guarded::Replay(_) | Guarded::QuotaExceeded { .. }))) => Ok(refused),
-            Ok(_) => {
-                let rs: Result<Vec<OpResult>, StoreError> = r.ops.iter().map(|op| set.apply(op)).collect();
-                op_count += r.ops.len() as u64;
-                rs.map(Guarded::Applied)
+    fn commit_group(&mut self, requests: Vec<Request>) {
+        let started = Instant::now();
+        if self.backup.as_ref().is_some_and(|b| !b.is_active()) {
+            self.backup = None;
+        }
+        let crypto = match self.crypto.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut set = WriteSet::new(&self.db);
+        let mut results = Vec::with_capacity(requests.len());
+        let mut op_count = 0u64;
+        let mut failure = None;
+        for r in &requests {
+            let outcome = match r.guard.as_ref().map(|g| set.check(g)).transpose() {
+                Err(e) => Err(e),
+                Ok(Some(refused @ (Guarded::Replay(_) | Guarded::QuotaExceeded { .. }))) => Ok(refused),
+                Ok(_) => {
+                    let rs: Result<Vec<OpResult>, StoreError> = r.ops.iter().map(|op| set.apply(op)).collect();
+                    op_count += r.ops.len() as u64;
+                    rs.map(Guarded::Applied)
+                }
+            };
+            // Decoding problems are set aside inside the write set, so what fails here is
+            // reading sled itself: the same fail-stop as a failed write.
+            if let Err(e) = &outcome {
+                failure.get_or_insert_with(|| e.to_string());
             }
+            results.push(outcome);
+        }
+        let outcome = match failure {
+            Some(reason) => Err(reason),
+            None => self.write(set, &crypto),
         };
-        results.push(outcome);
+        m::store_commit(started.elapsed().as_secs_f64(), op_count);
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.ops.fetch_add(op_count, Ordering::Relaxed);
+        if let Err(reason) = &outcome {
+            tracing::error!(error = %reason, ops = op_count, "group commit failed");
+            self.tripwire.trip(format!("group commit failed: {reason}"));
+        }
+        for (request, result) in requests.into_iter().zip(results) {
+            let reply = match &outcome {
+                Err(reason) => Err(StoreError::Failed(reason.clone())),
+                Ok(()) => result,
+            };
+            let _ = request.reply.send(reply);
+        }
     }
-    let outcome = set.finish(crypto).and_then(|batch| {
-        db.apply_batch(batch)?;
-        db.flush()?;
-        log.sync_data().map_err(|e| StoreError::Io(format!("fdatasync: {e}")))
-    });
-    m::store_commit(started.elapsed().as_secs_f64(), op_count);
-    stats.commits.fetch_add(1, Ordering::Relaxed);
-    stats.ops.fetch_add(op_count, Ordering::Relaxed);
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, ops = op_count, "group commit failed");
-    }
-    for (request, result) in requests.into_iter().zip(results) {
-        let reply = match &outcome {
-            Err(e) => Err(e.clone()),
-            Ok(()) => result,
-        };
-        let _ = request.reply.send(reply);
+
+    /// Applies the group's batch, flushes it and fdatasyncs sled's log.
+    fn write(&self, set: WriteSet<'_>, crypto: &crate::crypto::Crypto) -> Result<(), String> {
+        let batch = set.finish(crypto, self.backup.as_deref()).map_err(|e| e.to_string())?;
+        self.db.apply_batch(batch).map_err(|e| format!("apply: {e}"))?;
+        self.faults.after_apply();
+        self.db.flush().map_err(|e| format!("flush: {e}"))?;
+        self.faults.before_sync().and_then(|()| self.log.sync_data()).map_err(|e| format!("fdatasync: {e}"))
     }
 }
 
@@ -166,16 +219,42 @@ impl<'a> WriteSet<'a> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Decodes `raw` (read from `key`); a value that does not decode is moved to `x/` in this
+    /// group and reads as absent, so one bad record never fails the commit around it.
+    fn decode_or_set_aside<T: serde::de::DeserializeOwned>(&mut self, key: &[u8], raw: &[u8]) -> Option<T> {
+        match decode(key, raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.set_aside(key, raw, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn set_aside(&mut self, key: &[u8], raw: &[u8], reason: &str) {
+        use base64::Engine;
+        let record = QuarantineRecord {
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+            value: base64::engine::general_purpose::STANDARD.encode(raw),
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        tracing::warn!(key = %String::from_utf8_lossy(key).chars().take(40).collect::<String>(), reason,
+            "record set aside (quarantined); see `smsgate quarantine list`");
+        m::quarantined();
+        self.put(layout::quarantine(key), Some(value));
+        self.put(key.to_vec(), None);
+    }
+
     /// Checks a request's preconditions; when they hold, stages the idempotency entry and the
     /// counter increment and answers `Applied` (with no results yet).
     fn check(&mut self, guard: &Guard) -> Result<Guarded, StoreError> {
         if let Some((key, _)) = &guard.idempotency
             && let Some(raw) = self.get_raw(key)?
+            && let Some(existing) = self.decode_or_set_aside::<super::IdempotencyRecord>(key, &raw)
+            && now_ms() < existing.created_ms + IDEMPOTENCY_TTL_MS
         {
-            let existing: super::IdempotencyRecord = decode(key, &raw)?;
-            if now_ms() < existing.created_ms + IDEMPOTENCY_TTL_MS {
-                return Ok(Guarded::Replay(existing));
-            }
+            return Ok(Guarded::Replay(existing));
         }
         let read = |set: &Self, k: &[u8]| -> Result<u64, StoreError> {
             Ok(set.get_raw(k)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
@@ -214,14 +293,10 @@ impl<'a> WriteSet<'a> {
     fn load(&mut self, id: &str) -> Result<Option<&mut Message>, StoreError> {
         if !self.messages.contains_key(id) {
             let key = layout::message(id);
-            match self.db.get(&key)? {
-                None => return Ok(None),
-                Some(v) => {
-                    let msg: Message = decode(&key, &v)?;
-                    self.original.insert(id.to_string(), msg.status);
-                    self.messages.insert(id.to_string(), msg);
-                }
-            }
+            let Some(raw) = self.get_raw(&key)? else { return Ok(None) };
+            let Some(msg) = self.decode_or_set_aside::<Message>(&key, &raw) else { return Ok(None) };
+            self.original.insert(id.to_string(), msg.status);
+            self.messages.insert(id.to_string(), msg);
         }
         Ok(self.messages.get_mut(id))
     }
@@ -240,6 +315,13 @@ impl<'a> WriteSet<'a> {
             }
             Op::Put { key, value } => {
                 self.put(key.clone(), Some(value.clone()));
+                Ok(OpResult::Done)
+            }
+            Op::Quarantine { key, seen, reason } => {
+                // Only if nothing replaced the bad value since a reader saw it.
+                if self.get_raw(key)?.as_deref() == Some(seen.as_slice()) {
+                    self.set_aside(key, seen, reason);
+                }
                 Ok(OpResult::Done)
             }
             Op::Delete { key } => {
@@ -274,6 +356,22 @@ impl<'a> WriteSet<'a> {
                 self.put(layout::message(id), None);
                 Ok(OpResult::Done)
             }
+            Op::Reroute { id, route } => {
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                if msg.status.is_final() {
+                    return Ok(OpResult::AlreadyFinal(msg.status));
+                }
+                msg.route = route.clone();
+                let (key, value) = (
+                    layout::queue(msg.due_ms, msg.seq),
+                    layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms),
+                );
+                let (status, created_ms) = (msg.status, msg.created_ms);
+                self.put(key, Some(value));
+                Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
+            }
             Op::Cancel { id } => {
                 let Some(msg) = self.load(id)? else {
                     return Ok(OpResult::NotFound);
@@ -307,6 +405,9 @@ impl<'a> WriteSet<'a> {
                 if all_submitted && !msg.status.is_final() {
                     msg.attempts += 1;
                     msg.set_status(Status::Submitted, now, Some(carrier.clone()));
+                } else if !all_submitted && !msg.status.is_final() && msg.status != Status::Submitting {
+                    // Some parts are with the carrier: a cancel is too late, and GET says so.
+                    msg.set_status(Status::Submitting, now, Some(carrier.clone()));
                 }
                 let status = msg.status;
                 if all_submitted {
@@ -317,8 +418,9 @@ impl<'a> WriteSet<'a> {
                 let orphan_key = layout::orphan(carrier, carrier_message_id);
                 if let Some(raw) = self.get_raw(&orphan_key)? {
                     self.put(orphan_key.clone(), None);
-                    let outcome: StoredReceipt = decode(&orphan_key, &raw)?;
-                    return self.apply_receipt(id, *part, &outcome.into_outcome(), now);
+                    if let Some(outcome) = self.decode_or_set_aside::<StoredReceipt>(&orphan_key, &raw) {
+                        return self.apply_receipt(id, *part, &outcome.into_outcome(), now);
+                    }
                 }
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
             }
@@ -361,16 +463,18 @@ impl<'a> WriteSet<'a> {
             }
             Op::Receipt { carrier, carrier_message_id, outcome } => {
                 let index_key = layout::carrier_id(carrier, carrier_message_id);
-                match self.get_raw(&index_key)? {
-                    Some(v) => {
-                        let Some((id, part)) = layout::parse_carrier_id_value(&v) else {
-                            return Err(StoreError::Corrupt {
-                                key: "c/".into(),
-                                reason: "bad carrier index value".into(),
-                            });
-                        };
-                        self.apply_receipt(&id, part, outcome, now)
-                    }
+                let target = match self.get_raw(&index_key)? {
+                    Some(v) => match layout::parse_carrier_id_value(&v) {
+                        Some(target) => Some(target),
+                        None => {
+                            self.set_aside(&index_key, &v, "malformed carrier id index entry");
+                            return Ok(OpResult::NotFound);
+                        }
+                    },
+                    None => None,
+                };
+                match target {
+                    Some((id, part)) => self.apply_receipt(&id, part, outcome, now),
                     None => {
                         let key = layout::orphan(carrier, carrier_message_id);
                         let value = encode(&key, &StoredReceipt::from_outcome(outcome, now))?;
@@ -399,7 +503,7 @@ impl<'a> WriteSet<'a> {
         let Some(final_status) = outcome.status else {
             // Intermediate (ENROUTE, ACCEPTD): history only.
             let status = msg.status;
-            msg.history.push(crate::message::Event { status, at_ms: now, detail: Some(outcome.stat.clone()) });
+            msg.record(crate::message::Event::new(status, now, Some(outcome.stat.clone())));
             return Ok(OpResult::Updated { id: id.to_string(), status, created_ms, became_final: false });
         };
         if let Some(p) = msg.parts.get_mut(part) {
@@ -434,23 +538,42 @@ impl<'a> WriteSet<'a> {
 
     /// Serialises the changed messages (sealing any content not sealed yet; the writer itself
     /// never opens content) and builds the sled batch.
-    fn finish(mut self, crypto: &crate::crypto::Crypto) -> Result<sled::Batch, StoreError> {
-        // Status changes of messages with a webhook go to the outbox in this same batch.
-        let changed: Vec<String> = self
-            .messages
-            .iter()
-            .filter(|(id, m)| m.callback_url.is_some() && self.original.get(*id) != Some(&m.status))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in changed {
-            if let Some(Ok(Op::Put { key, value })) =
-                self.messages.get(&id).and_then(|m| crate::webhooks::status_op(crypto, m))
-            {
-                self.put(key, Some(value));
+    fn finish(
+        mut self,
+        crypto: &crate::crypto::Crypto,
+        backup: Option<&CopyOnWrite>,
+    ) -> Result<sled::Batch, StoreError> {
+        let mut outbox = Vec::new();
+        let mut finished = Vec::new();
+        for (id, m) in &self.messages {
+            let was = self.original.get(id).copied();
+            if was == Some(m.status) {
+                continue;
             }
+            // A message that became final leaves the queue, whichever op finished it (a
+            // receipt can finish a message whose other parts were never submitted).
+            if m.status.is_final() && !was.is_some_and(Status::is_final) {
+                finished.push(layout::queue(m.due_ms, m.seq));
+            }
+            // Status changes of messages with a webhook go to the outbox in this same batch
+            // (not the passing `submitting` of a long message between its parts).
+            if m.status != Status::Submitting
+                && let Some(Ok(Op::Put { key, value })) = crate::webhooks::status_op(crypto, m)
+            {
+                outbox.push((key, value));
+            }
+        }
+        for key in finished {
+            self.put(key, None);
+        }
+        for (key, value) in outbox {
+            self.put(key, Some(value));
         }
         let mut batch = sled::Batch::default();
         for (key, value) in self.raw {
+            if let Some(b) = backup {
+                b.keep(self.db, &key)?;
+            }
             match value {
                 Some(v) => batch.insert(key, v),
                 None => batch.remove(key),
@@ -458,6 +581,9 @@ impl<'a> WriteSet<'a> {
         }
         for (id, mut msg) in self.messages {
             let key = layout::message(&id);
+            if let Some(b) = backup {
+                b.keep(self.db, &key)?;
+            }
             if msg.sealed.is_none() && msg.purged_ms.is_none() {
                 msg.sealed = Some(super::seal_content(crypto, &msg));
             }
