@@ -77,6 +77,8 @@ pub enum AdminRequest {
         /// (number, scope) pairs; scope `global` or a sender id.
         rows: Vec<(String, String)>,
     },
+    /// Records set aside because they could not be decoded.
+    QuarantineList,
 }
 
 /// The answer.
@@ -127,6 +129,11 @@ pub enum AdminResponse {
         /// The key record.
         key: ApiKey,
     },
+    /// Records set aside.
+    Quarantined {
+        /// Each with its original key, reason and time.
+        entries: Vec<crate::store::Quarantined>,
+    },
     /// The request failed.
     Error {
         /// Why.
@@ -167,7 +174,9 @@ pub async fn execute(
         AdminResponse::Imported { recorded, refused } => {
             (target, format!("recorded {recorded}, refused {}", refused.len()))
         }
-        AdminResponse::Keys { .. } | AdminResponse::OptOuts { .. } => (target, "ok".to_string()),
+        AdminResponse::Keys { .. } | AdminResponse::OptOuts { .. } | AdminResponse::Quarantined { .. } => {
+            (target, "ok".to_string())
+        }
     };
     audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
     answer
@@ -176,6 +185,12 @@ pub async fn execute(
 async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminRequest) -> AdminResponse {
     match req {
         AdminRequest::RotateDataKey => return rotate(store, config).await,
+        AdminRequest::QuarantineList => {
+            return match store.quarantined() {
+                Ok(entries) => AdminResponse::Quarantined { entries },
+                Err(e) => AdminResponse::Error { message: e.to_string() },
+            };
+        }
         AdminRequest::OptOutsExport => {
             return match crate::compliance::registry::list_optouts(store) {
                 Ok(list) => AdminResponse::OptOuts {
@@ -230,6 +245,7 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
             .map(|key| AdminResponse::Updated { key }),
         AdminRequest::RotateDataKey
         | AdminRequest::OptOutsExport
+        | AdminRequest::QuarantineList
         | AdminRequest::OptOutsImport { .. }
         | AdminRequest::Backup { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
@@ -370,6 +386,7 @@ fn op_name(req: &AdminRequest) -> &'static str {
         AdminRequest::Backup { .. } => "backup",
         AdminRequest::KeysList => "keys_list",
         AdminRequest::KeysRevoke { .. } => "keys_revoke",
+        AdminRequest::QuarantineList => "quarantine_list",
     }
 }
 

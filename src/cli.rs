@@ -75,6 +75,15 @@ pub enum Command {
         #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
         config: PathBuf,
     },
+    /// Records set aside because they could not be decoded.
+    Quarantine {
+        /// Action.
+        #[command(subcommand)]
+        action: QuarantineCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
     /// Run the SMSC simulator alone.
     SmscSim(Box<SimArgs>),
     /// Validate a config file and explain every problem.
@@ -163,6 +172,13 @@ pub enum OptoutsCommand {
         /// CSV file (a header row is skipped if its first cell is not a number).
         file: PathBuf,
     },
+}
+
+/// `quarantine` actions.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List them: original key, size, when, why.
+    List,
 }
 
 /// `audit` actions.
@@ -290,6 +306,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Audit { action, config } => audit(action, &config),
         Command::Backup { out, config } => backup(&out, &config).await,
         Command::Restore { file, config } => restore(&file, &config),
+        Command::Quarantine { action: QuarantineCommand::List, config } => quarantine_list(&config).await,
         Command::SmscSim(args) => smsc_sim(*args).await,
         Command::CheckConfig(args) => check_config(&args.config),
     }
@@ -350,6 +367,13 @@ async fn serve(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     init_logging(&config.log);
     let gateway = Gateway::start(config).await.context("starting the gateway")?;
+    // One line saying where it listens (port 0 in the config picks a free port; tests and
+    // scripts read it here).
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "api": gateway.api_addr.to_string(),
+                           "metrics": gateway.metrics_addr.to_string(), "pid": std::process::id()})
+    );
     // systemd (Type=notify): ready once listening; watchdog pings while the store still commits.
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
     let mut watchdog_usec = 0;
@@ -622,6 +646,22 @@ async fn backup(out: &Path, config_path: &Path) -> Result<()> {
                 "wrote {} ({records} records + audit log). It holds sealed data only: keep the data keys separately.",
                 out.display()
             );
+            Ok(())
+        }
+        AdminResponse::Error { message } => bail!(message),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn quarantine_list(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    match admin_call(&config, AdminRequest::QuarantineList).await? {
+        AdminResponse::Quarantined { entries } => {
+            println!("{:<24} {:>8}  {:<44} reason", "set aside at", "bytes", "key");
+            for e in &entries {
+                println!("{:<24} {:>8}  {:<44} {}", crate::message::rfc3339(e.at_ms), e.bytes, e.key, e.reason);
+            }
+            eprintln!("{} record(s) set aside", entries.len());
             Ok(())
         }
         AdminResponse::Error { message } => bail!(message),

@@ -6,6 +6,9 @@
 //! after five minutes without throttling. A carrier with a fixed limit is thus run just under it instead of in a sawtooth
 //! (measured against the node simulator's `--throttle 1000` in docs/performance.md).
 //!
+//! Every pause and ramp step is timed on a monotonic clock: a wall clock stepped back must not
+//! hold a carrier for the size of the step.
+//!
 //! Only the carrier's dispatcher waits here (one waiter per limiter, no thundering herd), and
 //! waiting sleeps on tokio's timer until the limiter says the next cell is free: no spinning.
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::message::now_ms;
+use crate::message::mono_ms;
 
 /// Rate state of one carrier.
 pub struct FlowControl {
@@ -40,7 +43,7 @@ struct SecondCounter {
 
 impl SecondCounter {
     fn add(&self, n: u64) {
-        let second = now_ms() / 1000;
+        let second = mono_ms() / 1000;
         let prev = self.second.swap(second, Ordering::AcqRel);
         if prev != second {
             let total = self.this_second.swap(0, Ordering::AcqRel);
@@ -125,7 +128,7 @@ impl FlowControl {
     pub async fn acquire(&self) {
         loop {
             let paused = self.paused_until_ms.load(Ordering::Acquire);
-            let now = now_ms();
+            let now = mono_ms();
             if paused > now {
                 tokio::time::sleep(Duration::from_millis(paused - now)).await;
                 continue;
@@ -152,7 +155,7 @@ impl FlowControl {
     /// The carrier said "too fast": pause, note its ceiling, cut the rate to 90 % of it.
     /// Throttles within one pause count once.
     pub fn on_throttle(&self) {
-        let now = now_ms();
+        let now = mono_ms();
         let Ok(mut s) = self.state.lock() else { return };
         if now < s.last_throttle_ms + self.throttle_pause.as_millis() as u64 {
             return;

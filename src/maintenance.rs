@@ -1,7 +1,7 @@
 //! Background upkeep of stored data, in small chunks so sends never stall behind it:
 //!
 //! * **retention**: message bodies purged `retention.body_days` after the final status, inbound
-//!   texts `retention.inbound_days` after arrival, message metadata deleted after
+//!   texts `retention.inbound_days` after arrival, message and inbound metadata deleted after
 //!   `retention.metadata_days` (default 2190 days, HIPAA's six years);
 //! * **re-sealing**: after a data-key rotation, everything sealed under an older key is sealed
 //!   again under the current one (messages, inbound texts, opt-out and consent entries, webhook
@@ -32,6 +32,8 @@ pub struct PassReport {
     pub inbound_purged: usize,
     /// Message records deleted (metadata retention).
     pub messages_deleted: usize,
+    /// Inbound records deleted (metadata retention).
+    pub inbound_deleted: usize,
     /// Values re-sealed under the current key.
     pub resealed: usize,
 }
@@ -131,7 +133,12 @@ async fn inbound(
         let mut ops = Vec::new();
         for (key, mut v) in page.clone() {
             let received = v["received_ms"].as_u64().unwrap_or(now);
-            if v.get("sealed").is_some_and(|s| !s.is_null()) && now >= received + retention.inbound_days * DAY_MS {
+            if now >= received + retention.metadata_days * DAY_MS {
+                // Past the metadata retention the record goes, not only its content.
+                ops.push(Op::Delete { key });
+                report.inbound_deleted += 1;
+            } else if v.get("sealed").is_some_and(|s| !s.is_null()) && now >= received + retention.inbound_days * DAY_MS
+            {
                 v["sealed"] = Value::Null;
                 v["purged_ms"] = now.into();
                 ops.push(Op::Put { value: crate::store::encode(&key, &v)?, key });

@@ -134,7 +134,7 @@ fn describe() {
     describe_gauge!(DISK_FREE, Unit::Bytes, "Free space on the data directory's file system");
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Space the store uses on disk");
     describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
-    describe_counter!(STORE_QUARANTINED, "Records that could not be decoded and were set aside under x/");
+    describe_counter!(STORE_QUARANTINED, "Records that could not be decoded and were set aside under z/");
     describe_counter!(TASK_RESTARTS, "Long-lived tasks restarted after a panic");
     describe_gauge!(STORE_FAILED, "1 once a store write failed (fail-stop: the process exits)");
 }

@@ -191,3 +191,158 @@ async fn sweep_removes_only_what_is_stale() {
     assert!(store.get::<IdempotencyRecord>(&layout::idempotency("k", "new")).unwrap().is_some());
     assert_eq!(store.sweep(now + 8 * 86_400_000, 7 * 86_400_000).await.unwrap(), 3, "later: the rest, and the orphan");
 }
+
+/// Every path that adds keys also takes them away again: after many rounds of messages
+/// (throttled for a long time, finished by a receipt before all parts went, receipts before
+/// their submit_sm_resp), inbound texts, counters and idempotency entries, followed by what
+/// retention and the hourly sweep do, each prefix is back at its baseline and no record grew.
+#[tokio::test]
+async fn nothing_grows_without_bound() {
+    use smsgate::config::RetentionConfig;
+    use smsgate::store::layout;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys()).unwrap();
+    let prefixes: [&[u8]; 10] = [b"m/", b"q/", b"c/", b"o/", b"i/", b"f/", b"u/", b"d/", b"w/", b"z/"];
+    let count = |store: &Store| prefixes.map(|p| store.key_count(p).unwrap());
+    let baseline = count(&store);
+    let long_ago = 86_400_000u64 * 40;
+    for round in 0..100u64 {
+        let id = format!("S{round:05}");
+        store.commit_one(Op::Insert(Box::new(message(&id, round, 3)))).await.unwrap();
+        // Throttled for hours: every reschedule is the same step.
+        for _ in 0..300 {
+            let error = Some(smsgate::message::ErrorInfo {
+                code: "carrier_throttled".into(),
+                message: "carrier asked to slow down".into(),
+                carrier_status: Some(0x58),
+            });
+            store.commit_one(Op::Reschedule { id: id.clone(), due_ms: 10, count_attempt: false, error }).await.unwrap();
+        }
+        // A receipt that came before its submit_sm_resp, then part 0's resp.
+        let undeliv = ReceiptOutcome { status: Some(Status::Undeliverable), stat: "UNDELIV".into(), error_code: None };
+        let cid = format!("c{round}");
+        assert_eq!(store.commit_one(receipt(&cid, undeliv)).await.unwrap(), OpResult::Orphan);
+        let part0 =
+            Op::PartSubmitted { id: id.clone(), part: 0, total: 3, carrier: "c".into(), carrier_message_id: cid };
+        store.commit_one(part0).await.unwrap();
+        // Final on one part's receipt although two parts never went: it leaves the queue.
+        let m = store.message(&id).unwrap().unwrap();
+        assert_eq!(m.status, Status::Undeliverable);
+        assert!(m.history.len() <= smsgate::message::MAX_HISTORY, "{} history entries", m.history.len());
+        // Counters and entries of days long gone.
+        let old_day = "19990101";
+        store
+            .commit(vec![
+                Op::Put {
+                    key: layout::inbound(round),
+                    value: format!("{{\"seq\":{round},\"received_ms\":1}}").into_bytes(),
+                },
+                Op::Put {
+                    key: [b"f/idx\0cat\0".as_slice(), old_day.as_bytes()].concat(),
+                    value: 1u64.to_be_bytes().to_vec(),
+                },
+                Op::Put { key: layout::usage(&format!("k{round}"), old_day), value: 1u64.to_be_bytes().to_vec() },
+                Op::Put {
+                    key: layout::idempotency("k", &format!("i{round}")),
+                    value: serde_json::to_vec(&smsgate::store::IdempotencyRecord {
+                        body_hash: String::new(),
+                        status: 202,
+                        response: serde_json::json!({}),
+                        created_ms: 1,
+                    })
+                    .unwrap(),
+                },
+                // A receipt for an id that never comes.
+                receipt(&format!("never{round}"), delivered()),
+            ])
+            .await
+            .unwrap();
+    }
+    let size = |store: &Store| std::fs::metadata(store.path().join("db")).map(|m| m.len()).unwrap_or(0);
+    let record_len = store.key_count(b"m/").unwrap();
+    assert_eq!(record_len, 100);
+    println!("store after the soak: {} bytes", size(&store));
+    // Retention (metadata kept 0 days here) and the hourly sweep.
+    let now = smsgate::message::now_ms() + long_ago;
+    let retention = RetentionConfig { metadata_days: 0, ..RetentionConfig::default() };
+    smsgate::maintenance::pass(&store, &retention, now).await.unwrap();
+    store.sweep(now, 0).await.unwrap();
+    assert_eq!(
+        count(&store),
+        baseline,
+        "keys per prefix {:?}",
+        prefixes.map(|p| String::from_utf8_lossy(p).into_owned())
+    );
+}
+
+/// A backup copies the store as it was at one point of the write order while commits go on:
+/// each commit during the copy adds a key, changes one and deletes one, and the backup holds
+/// exactly the commits before its point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_consistent_and_commits_go_on_during_the_copy() {
+    let n: usize = std::env::var("SMSGATE_BACKUP_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys()).unwrap();
+    let key = |prefix: &str, i: usize| format!("{prefix}/{i:08}").into_bytes();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let ops = chunk.iter().map(|&i| Op::Put { key: key("t", i), value: vec![b'o'; 200] }).collect();
+        store.commit(ops).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut j = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && j < n / 2 {
+                let started = std::time::Instant::now();
+                store
+                    .commit(vec![
+                        Op::Put { key: key("n", j), value: b"new".to_vec() },
+                        Op::Put { key: key("t", j), value: b"updated".to_vec() },
+                        Op::Delete { key: key("t", n / 2 + j) },
+                        Op::Put { key: b"last".to_vec(), value: j.to_be_bytes().to_vec() },
+                    ])
+                    .await
+                    .unwrap();
+                latencies.push((std::time::Instant::now(), started.elapsed()));
+                j += 1;
+            }
+            latencies
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let out = dir.path().join("backup.bin");
+    let started = std::time::Instant::now();
+    let records = store.backup(&out, Vec::new()).await.unwrap();
+    let ended = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let latencies = writer.await.unwrap();
+    let during: Vec<std::time::Duration> =
+        latencies.iter().filter(|(at, _)| *at > started && *at < ended).map(|(_, l)| *l).collect();
+    let mut sorted = during.clone();
+    sorted.sort();
+    let p99 = sorted.get(sorted.len().saturating_sub(1) * 99 / 100).copied().unwrap_or_default();
+    println!(
+        "backup of {n} records: {records} written in {:?}; {} commits completed during the copy, p99 {p99:?}, max {:?}",
+        ended - started,
+        during.len(),
+        sorted.last().copied().unwrap_or_default()
+    );
+    assert!(during.len() >= 5, "commits go on while the backup is copied");
+
+    let contents = smsgate::store::backup::read(&out).unwrap();
+    let map: std::collections::HashMap<Vec<u8>, Vec<u8>> = contents.records.into_iter().collect();
+    let last = map.get(b"last".as_slice()).map(|v| usize::from_be_bytes(v.as_slice().try_into().unwrap()));
+    let upto = last.map(|l| l + 1).unwrap_or(0);
+    for j in 0..n / 2 {
+        let before = j < upto;
+        assert_eq!(map.contains_key(&key("n", j)), before, "n/{j}");
+        let t = map.get(&key("t", j)).unwrap();
+        assert_eq!(t.as_slice() == b"updated", before, "t/{j}");
+        assert_eq!(!map.contains_key(&key("t", n / 2 + j)), before, "t/{}", n / 2 + j);
+    }
+    assert_eq!(records as usize, map.len());
+    assert_eq!(map.len(), n + upto + usize::from(last.is_some()) - upto);
+}

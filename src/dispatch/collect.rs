@@ -221,8 +221,15 @@ impl Collector {
                     }
                     // Another part may be waiting for the slot this one holds: record what
                     // came and free the slots now rather than at the end.
-                    if matches!(handed.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)) {
-                        all_handed = true;
+                    loop {
+                        match handed.try_recv() {
+                            Ok(part) => waiting.push(answer(part, handover)),
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                all_handed = true;
+                                break;
+                            }
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                        }
                     }
                     let more = !all_handed || !waiting.is_empty();
                     if more && !permits.is_empty() {

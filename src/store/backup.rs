@@ -5,7 +5,7 @@
 //! `0x00 ‖ SHA-256 of everything before the digest`. Values stay sealed: a backup is as
 //! unreadable as the store without the data keys, which it does not contain.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,15 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct CopyOnWrite {
     active: AtomicBool,
-    /// key → value at the starting point (`None`: absent then).
-    before: Mutex<HashMap<Vec<u8>, Option<IVec>>>,
+    state: Mutex<CowState>,
+}
+
+#[derive(Debug, Default)]
+struct CowState {
+    /// key → (value at the starting point, `None` if absent then; whether the copy has it).
+    before: HashMap<Vec<u8>, (Option<IVec>, bool)>,
+    /// The last key the copy's (ordered) walk of the live tree reached.
+    position: Vec<u8>,
 }
 
 impl CopyOnWrite {
@@ -52,16 +59,39 @@ impl CopyOnWrite {
         if !self.is_active() {
             return Ok(());
         }
-        let Ok(mut before) = self.before.lock() else { return Ok(()) };
-        if !before.contains_key(key) {
-            before.insert(key.to_vec(), db.get(key)?);
+        let Ok(mut state) = self.state.lock() else { return Ok(()) };
+        if !state.before.contains_key(key) {
+            // A key the walk passed already is in the copy with its old value.
+            let copied = key <= state.position.as_slice();
+            state.before.insert(key.to_vec(), (db.get(key)?, copied));
         }
         Ok(())
     }
 
-    /// The value of `key` at the starting point, if the writer changed it since.
-    fn before(&self, key: &[u8]) -> Option<Option<IVec>> {
-        self.before.lock().ok()?.get(key).cloned()
+    /// The walk reached `key`, whose live value is `live`: what the copy holds for it (the
+    /// old value if the writer changed it since the starting point, nothing if it did not
+    /// exist then).
+    fn visit(&self, key: &[u8], live: IVec) -> Option<IVec> {
+        let Ok(mut state) = self.state.lock() else { return Some(live) };
+        state.position = key.to_vec();
+        match state.before.get_mut(key) {
+            None => Some(live),
+            Some((old, copied)) => {
+                *copied = true;
+                old.clone()
+            }
+        }
+    }
+
+    /// Keys deleted after the starting point that the walk never met, with their old value.
+    fn not_visited(&self) -> Vec<(Vec<u8>, IVec)> {
+        let Ok(state) = self.state.lock() else { return Vec::new() };
+        state
+            .before
+            .iter()
+            .filter(|(_, (_, copied))| !copied)
+            .filter_map(|(k, (old, _))| Some((k.clone(), old.clone()?)))
+            .collect()
     }
 }
 
@@ -144,32 +174,14 @@ fn write_to(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, Path
     let e = |err| io("writing the backup", err);
     w.put(MAGIC).map_err(e)?;
     let mut count = 0u64;
-    // Keys the writer changed during the copy and that the copy already wrote.
-    let mut written_changed = HashSet::new();
     for item in db.iter() {
         let (k, v) = item?;
-        match cow.before(&k) {
-            None => w.record(&k, &v).map_err(e)?,
-            Some(None) => continue, // created after the starting point
-            Some(Some(old)) => {
-                w.record(&k, &old).map_err(e)?;
-                written_changed.insert(k.to_vec());
-            }
+        if let Some(value) = cow.visit(&k, v) {
+            w.record(&k, &value).map_err(e)?;
+            count += 1;
         }
-        count += 1;
     }
-    // Keys deleted (or skipped by the live iteration) after the starting point.
-    let rest: Vec<(Vec<u8>, IVec)> = cow
-        .before
-        .lock()
-        .map(|b| {
-            b.iter()
-                .filter(|(k, _)| !written_changed.contains(*k))
-                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (k, v) in rest {
+    for (k, v) in cow.not_visited() {
         w.record(&k, &v).map_err(e)?;
         count += 1;
     }

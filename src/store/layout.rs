@@ -12,7 +12,7 @@
 //! | `i/` | seq (u64 BE) | inbound message, JSON |
 //! | `d/` | API key id ‖ `0x00` ‖ Idempotency-Key | the first answer, JSON (24 h) |
 //! | `u/` | API key id ‖ `0x00` ‖ UTC day `YYYYMMDD` | segments sent that day (u64 BE) |
-//! | `x/` | the original key | a record that could not be decoded, set aside (JSON: reason, time, bytes) |
+//! | `z/` | the original key | a record that could not be decoded, set aside (JSON: reason, time, bytes) |
 //!
 //! Big-endian integers make sled's byte order the due order, so a range scan over `q/` yields
 //! messages by due time, then by accept order.
@@ -45,9 +45,9 @@ pub const IDEMPOTENCY: &[u8] = b"d/";
 /// Daily usage counters.
 pub const USAGE: &[u8] = b"u/";
 /// Records set aside because they could not be decoded (see [`super::Op::Quarantine`]).
-pub const QUARANTINE: &[u8] = b"x/";
+pub const QUARANTINE: &[u8] = b"z/";
 
-/// `x/{original key}`
+/// `z/{original key}`
 pub fn quarantine(original: &[u8]) -> Vec<u8> {
     join(QUARANTINE, &[original])
 }

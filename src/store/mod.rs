@@ -34,7 +34,7 @@ pub enum StoreError {
     /// sled or the file system failed.
     #[error("store I/O error: {0}")]
     Io(String),
-    /// A stored record could not be decoded (it is set aside under `x/`).
+    /// A stored record could not be decoded (it is set aside under `z/`).
     #[error("corrupt record under {key}: {reason}")]
     Corrupt {
         /// Key whose value is bad (printable part only).
@@ -158,7 +158,7 @@ pub enum Op {
         /// Full key.
         key: Vec<u8>,
     },
-    /// Sets a record that could not be decoded aside under `x/`, if it still holds `seen`
+    /// Sets a record that could not be decoded aside under `z/`, if it still holds `seen`
     /// (readers that find one ask for this without waiting).
     Quarantine {
         /// Its key.
@@ -328,6 +328,7 @@ impl Store {
     pub fn open(dir: &Path, options: &StoreOptions, crypto: Arc<Crypto>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("store");
+        discard_unfinished_snapshots(&path)?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(options.cache_bytes)
@@ -443,7 +444,7 @@ impl Store {
         let _ = self.inner.tx.try_send(Request { ops: vec![op], guard: None, snapshot: None, reply });
     }
 
-    /// Records set aside under `x/`: (original key, reason, when).
+    /// Records set aside under `z/`: (original key, reason, when).
     pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.db.scan_prefix(layout::QUARANTINE) {
@@ -556,6 +557,16 @@ impl Store {
         Ok(out)
     }
 
+    /// How many keys start with `prefix` (tests and soak checks).
+    pub fn key_count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.inner.db.scan_prefix(prefix).keys() {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// A raw u64 counter (0 when absent).
     pub fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self.inner.db.get(key)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
@@ -653,6 +664,27 @@ impl Store {
     }
 }
 
+/// Removes `snap.*.generating` files from sled's directory before it opens.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and renames it, so such a
+/// file is by construction unfinished; but when it opens, it reads the newest `snap.*` file
+/// *including* these, and fails with "Read corrupted data" on an empty one (spacejam/sled#1527).
+/// A write that failed on a full disk leaves exactly that behind, and the store would never
+/// open again. The finished snapshot before it and the log are untouched.
+fn discard_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    let Ok(entries) = std::fs::read_dir(path) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing an unfinished sled snapshot left by an interrupted write");
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::Io(format!("remove {}: {e}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// A record set aside, as `smsgate quarantine list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quarantined {
@@ -666,7 +698,7 @@ pub struct Quarantined {
     pub bytes: usize,
 }
 
-/// The value stored under `x/{key}`.
+/// The value stored under `z/{key}`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct QuarantineRecord {
     pub reason: String,

@@ -219,7 +219,7 @@ impl<'a> WriteSet<'a> {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
-    /// Decodes `raw` (read from `key`); a value that does not decode is moved to `x/` in this
+    /// Decodes `raw` (read from `key`); a value that does not decode is moved to `z/` in this
     /// group and reads as absent, so one bad record never fails the commit around it.
     fn decode_or_set_aside<T: serde::de::DeserializeOwned>(&mut self, key: &[u8], raw: &[u8]) -> Option<T> {
         match decode(key, raw) {

@@ -141,7 +141,12 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: Config, certs: &Certs) -> TestGateway {
-        let gateway = Gateway::start(config).await.unwrap();
+        Self::start_with(config, certs, smsgate::faults::Faults::default()).await
+    }
+
+    /// With injected faults (the test build has them).
+    pub async fn start_with(config: Config, certs: &Certs, faults: smsgate::faults::Faults) -> TestGateway {
+        let gateway = Gateway::start_with(config, faults).await.unwrap();
         let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
         let (_, token) = admin.create("test", vec![Scope::Send, Scope::Read]).await.unwrap();
         let client = Client::new(gateway.api_addr, &certs.path("api.crt"), Some(token));
@@ -226,6 +231,19 @@ pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bo
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the async check `f` is true, or panics after `timeout` naming `what`.
+pub async fn until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -383,4 +401,126 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The `smsgate serve` binary as a child process (killed with SIGKILL when dropped), with the
+/// addresses it printed on start.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Starts `smsgate serve --config CONFIG` (stderr appended to `log`, extra `env`) and
+    /// waits up to 60 s for its `listening` line; `Err` with the exit status if it ended first.
+    pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<GatewayProcess, std::process::ExitStatus> {
+        use std::io::BufRead;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn smsgate serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        match serde_json::from_str::<Value>(&line) {
+            Ok(info) => Ok(GatewayProcess {
+                api: info["api"].as_str().unwrap().parse().unwrap(),
+                metrics: info["metrics"].as_str().unwrap().parse().unwrap(),
+                child,
+            }),
+            Err(_) => {
+                let status = Self::wait(&mut child, Duration::from_secs(30)).expect("no listening line, yet running");
+                Err(status)
+            }
+        }
+    }
+
+    fn wait(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        Self::wait(&mut self.child, timeout)
+    }
+
+    /// A client for its API.
+    pub fn client(&self, certs: &Certs, token: &str) -> Client {
+        Client::new(self.api, &certs.path("api.crt"), Some(token.to_string()))
+    }
+}
+
+/// Writes `text` as a config file and creates an API key with `smsgate keys create`; returns
+/// (config path, token).
+pub fn config_file_with_key(certs: &Certs, text: &str) -> (PathBuf, String) {
+    let config = certs.path(&format!("smsgate-{}.toml", rand_suffix()));
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+        .args(["keys", "create", "--name", "test", "--scopes", "send,read", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let token = stdout.lines().find_map(|l| l.strip_prefix("token:")).unwrap().trim().to_string();
+    (config, token)
+}
+
+/// The `text` of every accepted submit_sm in a simulator record, with how often it came.
+pub fn submitted_texts(record: &Path) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for r in read_record(record) {
+        if r["command_status"] == 0
+            && let Some(t) = r["text"].as_str()
+        {
+            *counts.entry(t.to_string()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// GETs `path` from a plain-HTTP listener (the metrics endpoint); the body as text.
+pub async fn http_text(addr: SocketAddr, path: &str) -> String {
+    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder().uri(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+/// The value of one sample line (`name{labels} value`) in a Prometheus exposition, if present.
+pub fn metric(exposition: &str, name_and_labels: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
 }
