@@ -42,21 +42,28 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
     let sm = submit_sm();
-    let wire = pdu::encode_submit_sm(7, &sm).unwrap_or_default();
-    let frame = pdu::frame_of(&wire);
-    g.bench_function("submit_sm_encode", |b| b.iter(|| pdu::encode_submit_sm(black_box(7), black_box(&sm))));
-    g.bench_function("submit_sm_decode", |b| b.iter(|| frame.as_ref().map(|f| pdu::decode(black_box(f)))));
+    // A benchmark of an operation that fails measures nothing: every result is checked.
+    let wire = pdu::encode_submit_sm(7, &sm).expect("submit_sm encodes");
+    let frame = pdu::frame_of(&wire).expect("submit_sm frames");
+    pdu::decode(&frame).expect("submit_sm decodes");
+    g.bench_function("submit_sm_encode", |b| {
+        b.iter(|| pdu::encode_submit_sm(black_box(7), black_box(&sm)).expect("encodes"))
+    });
+    g.bench_function("submit_sm_decode", |b| b.iter(|| pdu::decode(black_box(&frame)).expect("decodes")));
     g.bench_function("submit_sm_encode_decode", |b| {
         b.iter(|| {
-            let wire = pdu::encode_submit_sm(black_box(7), black_box(&sm)).unwrap_or_default();
-            pdu::frame_of(&wire).map(|f| pdu::decode(&f))
+            let wire = pdu::encode_submit_sm(black_box(7), black_box(&sm)).expect("encodes");
+            pdu::decode(&pdu::frame_of(&wire).expect("frames")).expect("decodes")
         })
     });
     let dlr = receipt_sm();
-    let wire = pdu::encode_deliver_sm(9, &dlr).unwrap_or_default();
-    let frame = pdu::frame_of(&wire);
-    g.bench_function("deliver_sm_tlv_encode", |b| b.iter(|| pdu::encode_deliver_sm(black_box(9), black_box(&dlr))));
-    g.bench_function("deliver_sm_tlv_decode", |b| b.iter(|| frame.as_ref().map(|f| pdu::decode(black_box(f)))));
+    let wire = pdu::encode_deliver_sm(9, &dlr).expect("deliver_sm encodes");
+    let frame = pdu::frame_of(&wire).expect("deliver_sm frames");
+    pdu::decode(&frame).expect("deliver_sm decodes");
+    g.bench_function("deliver_sm_tlv_encode", |b| {
+        b.iter(|| pdu::encode_deliver_sm(black_box(9), black_box(&dlr)).expect("encodes"))
+    });
+    g.bench_function("deliver_sm_tlv_decode", |b| b.iter(|| pdu::decode(black_box(&frame)).expect("decodes")));
     g.bench_function("submit_sm_resp_encode", |b| {
         b.iter(|| pdu::submit_sm_resp(black_box(7), 0, black_box("0123456789")))
     });

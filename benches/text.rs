@@ -20,9 +20,9 @@ fn encoding(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("analyze_gsm_90", |b| b.iter(|| text::analyze(black_box(GSM_SHORT))));
     g.bench_function("analyze_ucs2_85", |b| b.iter(|| text::analyze(black_box(UCS2_SHORT))));
-    g.bench_function("gsm_encode_90", |b| b.iter(|| text::gsm_encode(black_box(GSM_SHORT))));
+    g.bench_function("gsm_encode_90", |b| b.iter(|| text::gsm_encode(black_box(GSM_SHORT)).expect("GSM text")));
     g.bench_function("gsm_encode_pack_90", |b| {
-        b.iter(|| text::gsm_encode(black_box(GSM_SHORT)).map(|s| text::gsm_pack(&s)))
+        b.iter(|| text::gsm_pack(&text::gsm_encode(black_box(GSM_SHORT)).expect("GSM text")))
     });
     g.bench_function("ucs2_encode_85", |b| b.iter(|| text::ucs2_encode(black_box(UCS2_SHORT))));
     g.bench_function("split_gsm_540_into_4", |b| {
@@ -32,7 +32,7 @@ fn encoding(c: &mut Criterion) {
         b.iter(|| {
             text::split(black_box(&long), Encoding::Gsm7, Encoding::Gsm7.segment_capacity(6))
                 .into_iter()
-                .map(|part| text::gsm_encode(part).map(|s| s.len()).unwrap_or(0))
+                .map(|part| text::gsm_encode(part).expect("GSM text").len())
                 .sum::<usize>()
         })
     });

@@ -12,13 +12,18 @@ trap 'kill ${SIM_PID:-} ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' E
 rss() { awk '/^VmRSS/ {printf "%.0f", $2/1024}' /proc/$1/status; }
 now() { date +%s.%N; }
 
+# A port for the carrier: the simulator starts once to find a free one, and stops (the
+# carrier is down); it comes back on the same port in step 2.
+start_sim 0 --dlr-delay-ms 1
+CARRIER_PORT=$SIM_TLS
+kill $SIM_PID; wait $SIM_PID 2>/dev/null || true; SIM_PID=
+
 echo "== 1. carrier down, $COUNT messages in through POST /v1/messages/batch"
-$BIN serve --config work/gateway.toml 2> work/gateway.log &
-GW=$!
-for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18443/healthz && break; sleep 0.1; done
-$LT --url https://127.0.0.1:18443 --ca work/api.crt --key "$KEY" --connections 8 --batch 100 \
-  --count "$COUNT" --duration 600 --metrics http://127.0.0.1:19464/metrics
-queued=$(curl -sk https://127.0.0.1:18443/readyz | grep -o '"queued":[0-9]*' | cut -d: -f2)
+start_gateway
+for _ in $(seq 100); do curl -sk -o /dev/null "$API/healthz" && break; sleep 0.1; done
+$LT --url "$API" --ca work/api.crt --key "$KEY" --connections 8 --batch 100 \
+  --count "$COUNT" --duration 600 --metrics "$METRICS"
+queued=$(curl -sk "$API/readyz" | grep -o '"queued":[0-9]*' | cut -d: -f2)
 echo "queued (readyz): $queued"
 echo "RSS with $COUNT queued: $(rss $GW) MB; store on disk: $(du -sm work/data | cut -f1) MB"
 
@@ -28,21 +33,17 @@ if [ "${LOAD_ONLY:-0}" = 1 ]; then kill -TERM $GW; wait $GW || true; exit 0; fi
 echo "== 2. restart with the carrier back"
 t0=$(now); kill -TERM $GW; wait $GW || true; t1=$(now)
 echo "stop took $(echo "$t1 - $t0" | bc) s"
-$BIN smsc-sim --port 0 --control-port 18775 --tls-port 12776 --cert work/smsc.crt --key work/smsc.key \
-  --dlr-delay-ms 1 > work/sim.out 2> work/sim.err &
-SIM_PID=$!
-sleep 0.5
+start_sim "$CARRIER_PORT" --dlr-delay-ms 1
 t0=$(now)
-$BIN serve --config work/gateway.toml 2>> work/gateway.log &
-GW=$!
-until curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:18443/readyz 2>/dev/null | grep -q 200; do sleep 0.05; done
+start_gateway
+until curl -sk -o /dev/null -w '%{http_code}' "$API/readyz" 2>/dev/null | grep -q 200; do sleep 0.05; done
 t1=$(now)
 echo "restart to ready: $(echo "$t1 - $t0" | bc) s (RSS $(rss $GW) MB)"
 
 echo "== 3. drain"
 t0=$(now); max_rss=0; last=0
 while :; do
-  sent=$(curl -s http://127.0.0.1:18775/stats | grep -o '"submit_sm_ok":[0-9]*' | cut -d: -f2)
+  sent=$(curl -s "http://127.0.0.1:$SIM_CTL/stats" | grep -o '"submit_sm_ok":[0-9]*' | cut -d: -f2)
   r=$(rss $GW); [ "$r" -gt "$max_rss" ] && max_rss=$r
   [ "$sent" -ge "$COUNT" ] && break
   t=$(now)
@@ -53,4 +54,4 @@ t1=$(now)
 secs=$(echo "$t1 - $t0" | bc)
 echo "drained $sent submit_sm in $secs s = $(echo "$sent / $secs" | bc) /s; max RSS while draining $max_rss MB"
 sleep 2
-echo "receipts acknowledged: $(curl -s http://127.0.0.1:18775/stats | grep -o '"dlr_resp_ok":[0-9]*' | cut -d: -f2)"
+echo "receipts acknowledged: $(curl -s "http://127.0.0.1:$SIM_CTL/stats" | grep -o '"dlr_resp_ok":[0-9]*' | cut -d: -f2)"

@@ -12,19 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . ./setup.sh
 DLR="${DLR_DELAY_MS:-1}"
-if [ "${SIM:-builtin}" = node ]; then
-  SIM_DIR="${SMSC_SIM_DIR:-$(pwd)/../../shared/tools/smsc-sim}"
-  [ -d "$SIM_DIR/node_modules" ] || (cd "$SIM_DIR" && npm ci --no-audit --no-fund --loglevel=error)
-  node "$SIM_DIR/sim.js" --port 0 --control-port 18775 --tls-port 12776 --cert work/smsc.crt --key work/smsc.key \
-    --dlr-delay-ms "$DLR" ${SIM_ARGS:-} > work/sim.out 2> work/sim.err &
-else
-  $BIN smsc-sim --port 0 --control-port 18775 --tls-port 12776 --cert work/smsc.crt --key work/smsc.key \
-    --dlr-delay-ms "$DLR" ${SIM_ARGS:-} > work/sim.out 2> work/sim.err &
-fi
-SIM_PID=$!
-trap 'kill $SIM_PID ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-$BIN serve --config work/gateway.toml 2> work/gateway.log &
-GW=$!
-for _ in $(seq 100); do curl -skf https://127.0.0.1:18443/readyz >/dev/null && break; sleep 0.1; done
-$LT --url https://127.0.0.1:18443 --ca work/api.crt --key "$KEY" \
-  --sim-control http://127.0.0.1:18775 --metrics http://127.0.0.1:19464/metrics "${@:---duration 10}"
+trap 'kill ${SIM_PID:-} ${GW:-} 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# shellcheck disable=SC2086 # SIM_ARGS holds several flags
+start_sim 0 --dlr-delay-ms "$DLR" ${SIM_ARGS:-}
+start_gateway
+for _ in $(seq 100); do curl -skf "$API/readyz" >/dev/null && break; sleep 0.1; done
+$LT --url "$API" --ca work/api.crt --key "$KEY" \
+  --sim-control "http://127.0.0.1:$SIM_CTL" --metrics "$METRICS" "${@:---duration 10}"

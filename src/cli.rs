@@ -284,7 +284,9 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if e.downcast_ref::<crate::config::ConfigError>().is_some() {
+            let code = if e.downcast_ref::<crate::config::ConfigError>().is_some()
+                || e.downcast_ref::<ConfigProblems>().is_some()
+            {
                 64
             } else if e.downcast_ref::<StoreFailed>().is_some() {
                 EXIT_STORE_FAILED
@@ -415,7 +417,10 @@ async fn serve(path: &Path) -> Result<()> {
                             tracing::warn!(needs_restart = ?report.needs_restart, "configuration reloaded; some changes need a restart");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "configuration reload refused; the running configuration stays"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; the running configuration stays");
+                        gateway.reload_refused(&e.to_string());
+                    }
                 }
                 let _ = sd_notify::notify(false, &[NotifyState::Ready]);
             }
@@ -439,6 +444,11 @@ async fn serve(path: &Path) -> Result<()> {
 #[error("the store failed ({0}); exiting so that a restart recovers from what is on disk")]
 pub struct StoreFailed(pub String);
 
+/// `check-config` found problems (each printed with its line already): exit 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {count} problem(s)", path = .0.display(), count = .1)]
+pub struct ConfigProblems(pub PathBuf, pub usize);
+
 /// Exit status after a store failure (sysexits EX_IOERR).
 pub const EXIT_STORE_FAILED: u8 = 74;
 
@@ -454,25 +464,15 @@ async fn stop(gateway: std::sync::Arc<Gateway>, watchdog: Option<tokio::task::Jo
 }
 
 fn check_config(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(crate::config::ConfigError::Invalid { problems, .. }) => {
-            for p in &problems {
-                match crate::config::line_of(&text, p) {
-                    Some(line) => eprintln!("{}:{line}: {p}", path.display()),
-                    None => eprintln!("{}: {p}", path.display()),
-                }
-            }
-            bail!("{}: {} problem(s)", path.display(), problems.len());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut problems = Vec::new();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::config::ConfigError::Read { path: path.to_path_buf(), source: e })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (config, mut problems) = crate::config::Config::from_toml_unchecked(&text, path, base)?;
+    // Then the files the values point at, in the same pass.
     if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key)
         && let Err(e) = crate::tls::server_config(cert, key, &[])
     {
-        problems.push(format!("api.tls_cert: {e} (does the key match the certificate?)"));
+        problems.push(format!("api.tls_cert: {e}"));
     }
     for (i, c) in config.carriers.iter().enumerate() {
         if c.tls
@@ -492,7 +492,7 @@ fn check_config(path: &Path) -> Result<()> {
             let at = crate::config::line_of(&text, p).map(|l| format!(":{l}")).unwrap_or_default();
             eprintln!("{}{at}: {p}", path.display());
         }
-        bail!("{}: {} problem(s)", path.display(), problems.len());
+        return Err(ConfigProblems(path.to_path_buf(), problems.len()).into());
     }
     println!("{}: OK ({} carrier(s), {} route(s))", path.display(), config.carriers.len(), config.routes.len());
     Ok(())

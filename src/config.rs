@@ -791,13 +791,20 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths are taken from `base`.
     pub fn from_toml(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::from_toml_unchecked(text, path, base)?;
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_path_buf(), problems }) }
+    }
+
+    /// Parses (syntax and types must be right) and returns the config with its value problems,
+    /// so that `check-config` can go on checking files and report everything in one pass.
+    pub fn from_toml_unchecked(text: &str, path: &Path, base: &Path) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
         config.resolve_paths(base);
         let problems = config.validate();
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_path_buf(), problems }) }
+        Ok((config, problems))
     }
 
     fn resolve_paths(&mut self, base: &Path) {

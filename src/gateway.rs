@@ -63,6 +63,9 @@ pub struct Gateway {
     dispatcher: Arc<Dispatcher>,
     state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
+    /// Stops the API listener, which outlives the rest of the stop: requests that arrive
+    /// while binds drain get `503 shutting_down` rather than a refused connection.
+    api_stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     link_tasks: Vec<JoinHandle<()>>,
     api_task: JoinHandle<()>,
@@ -136,6 +139,7 @@ impl Gateway {
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (api_stop, api_stop_rx) = watch::channel(false);
 
         let id_formats: HashMap<String, IdFormat> =
             config.carriers.iter().map(|c| (c.name.clone(), c.receipt_id_format)).collect();
@@ -239,14 +243,14 @@ impl Gateway {
             api_listener,
             acceptor,
             state.clone(),
-            shutdown_rx.clone(),
+            api_stop_rx.clone(),
             Duration::from_secs(config.shutdown.http_drain_secs),
         ));
 
         let metrics_listener =
             TcpListener::bind(config.metrics.listen).await.map_err(|e| StartError::Listen(config.metrics.listen, e))?;
         let metrics_addr = metrics_listener.local_addr().map_err(|e| StartError::Listen(config.metrics.listen, e))?;
-        tasks.push(tokio::spawn(httpd::serve(metrics_listener, shutdown_rx.clone(), move |req| {
+        tasks.push(tokio::spawn(httpd::serve(metrics_listener, api_stop_rx, move |req| {
             let handle = metrics_handle.clone();
             async move {
                 if req.uri().path() == "/metrics" {
@@ -271,6 +275,7 @@ impl Gateway {
             dispatcher,
             state,
             shutdown,
+            api_stop,
             tasks,
             link_tasks,
             api_task,
@@ -300,21 +305,42 @@ impl Gateway {
         report
     }
 
-    /// Graceful stop: refuse new sends, finish open requests, let outstanding submit_sm get
-    /// their answers, unbind every session, flush the store, and wait until the store's files
+    /// Records a SIGHUP whose configuration was refused (the running one stays).
+    pub fn reload_refused(&self, reason: &str) {
+        self.state.audit.record(
+            crate::audit::Event::new("system", "config.reload", "", "refused")
+                .detail(serde_json::json!({"reason": reason})),
+        );
+    }
+
+    /// Graceful stop: refuse new sends (`503 shutting_down`, the API keeps answering), let
+    /// outstanding submit_sm get their answers and unbind every session, then close the API
+    /// after its open requests finished, flush the store, and wait until the store's files
     /// are released (so the same data directory can be opened again at once).
     pub async fn shutdown(self) {
         info!("shutting down");
-        let Gateway { store, keys, state, shutdown, tasks, link_tasks, api_task, shutdown_timeout, dispatcher, .. } =
-            self;
+        let Gateway {
+            store,
+            keys,
+            state,
+            shutdown,
+            api_stop,
+            tasks,
+            link_tasks,
+            api_task,
+            shutdown_timeout,
+            dispatcher,
+            ..
+        } = self;
         drop(dispatcher);
         state.accepting.store(false, Ordering::Release);
         let _ = shutdown.send(true);
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
-        let _ = tokio::time::timeout_at(deadline, api_task).await;
         for t in link_tasks {
             let _ = tokio::time::timeout_at(deadline, t).await;
         }
+        let _ = api_stop.send(true);
+        let _ = tokio::time::timeout_at(deadline, api_task).await;
         for t in &tasks {
             t.abort();
         }
@@ -423,6 +449,7 @@ async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Resu
             }
             None => ops.push(Op::Finish {
                 id: id.clone(),
+                count_attempt: false,
                 status: crate::message::Status::Failed,
                 error: Some(crate::message::ErrorInfo {
                     code: "no_route".into(),

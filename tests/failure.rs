@@ -11,11 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::BodyExt;
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use smsgate::faults::Faults;
 use smsgate::sim::SimConfig;
@@ -35,15 +33,7 @@ async fn accept(gw: &TestGateway, body: &str) -> String {
 }
 
 async fn wait_delivered(client: &Client, ids: &[String], timeout: Duration) {
-    wait_status(client, ids, timeout, &["delivered"]).await;
-}
-
-/// Waits until each message is in one of `statuses`.
-async fn wait_status(client: &Client, ids: &[String], timeout: Duration, statuses: &[&str]) {
-    for id in ids {
-        let m = client.wait_message(id, timeout, |m| statuses.iter().any(|s| m["status"] == *s)).await;
-        assert!(statuses.iter().any(|s| m["status"] == *s), "{m}");
-    }
+    client.wait_status(ids, timeout, &["delivered"]).await;
 }
 
 /// With the carrier or beyond: a receipt the SMSC sent while the store could not take it, or
@@ -51,7 +41,7 @@ async fn wait_status(client: &Client, ids: &[String], timeout: Duration, statuse
 const WITH_THE_CARRIER: &[&str] = &["submitted", "delivered"];
 
 fn sim_submits(sim: &TestSim) -> u64 {
-    sim.stats()["submit_sm_total"].as_u64().unwrap()
+    sim.submits()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,39 +81,13 @@ async fn a_failed_fdatasync_stops_accepts_and_submits_and_a_restart_delivers_eve
     // The restart (what systemd does after the exit) delivers every acknowledged message.
     let gateway = smsgate::gateway::Gateway::start(parse_config(&text)).await.unwrap();
     let client = Client::new(gateway.api_addr, &certs.path("api.crt"), token);
-    wait_status(&client, &ids, Duration::from_secs(30), WITH_THE_CARRIER).await;
+    client.wait_status(&ids, Duration::from_secs(30), WITH_THE_CARRIER).await;
     let arrived = submitted_texts(&record);
     let duplicates: usize = arrived.values().map(|n| n - 1).sum();
     println!("fdatasync failure: {} acknowledged, {} arrived, {duplicates} duplicates", ids.len(), arrived.len());
     assert!(bodies.iter().all(|b| arrived.contains_key(b)), "every acknowledged message reached the carrier");
     assert!(duplicates <= 4, "{duplicates} duplicates exceed window × binds");
     gateway.shutdown().await;
-}
-
-/// An HTTP/2 client over TLS (ALPN h2) on one connection.
-async fn h2_client(addr: std::net::SocketAddr, certs: &Certs) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let mut tls = (*smsgate::tls::client_config(Some(&certs.path("api.crt")), None).unwrap()).clone();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server speaks HTTP/2");
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-fn send_request(token: &str, body: &Value, idempotency_key: Option<&str>) -> Request<Full<Bytes>> {
-    let mut r = Request::builder()
-        .method(Method::POST)
-        .uri("https://localhost/v1/messages")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json");
-    if let Some(k) = idempotency_key {
-        r = r.header("idempotency-key", k);
-    }
-    r.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,10 +98,9 @@ async fn a_client_that_resets_its_stream_does_not_strand_the_message() {
     let faults = Faults::default();
     let text = config_text(data.path(), &certs, sim.tls_port(), "");
     let gw = TestGateway::start_with(parse_config(&text), &certs, faults.clone()).await;
-    let token = gw.client.token.clone().unwrap();
-    let mut h2 = h2_client(gw.gateway.api_addr, &certs).await;
+    let mut h2 = gw.client.h2().await;
     faults.hold_commits(true);
-    let request = h2.send_request(send_request(&token, &json!({"to": TO, "body": "hung up"}), None));
+    let request = h2.send_request(gw.client.h2_post("/v1/messages", &json!({"to": TO, "body": "hung up"}), &[]));
     let pending = tokio::spawn(request);
     eventually(Duration::from_secs(10), "the accept's commit to reach the writer", || faults.held_commits() >= 1).await;
     // The client gives up: its stream is reset while the writer holds the commit.
@@ -162,16 +125,16 @@ async fn an_idempotent_retry_waits_for_the_first_requests_fsync() {
     let faults = Faults::default();
     let text = config_text(data.path(), &certs, sim.tls_port(), "");
     let gw = TestGateway::start_with(parse_config(&text), &certs, faults.clone()).await;
-    let token = gw.client.token.clone().unwrap();
     let body = json!({"to": TO, "body": "once"});
+    let key = [("idempotency-key", "k-1")];
     faults.hold_commits(true);
-    let mut first_conn = h2_client(gw.gateway.api_addr, &certs).await;
-    let first = tokio::spawn(first_conn.send_request(send_request(&token, &body, Some("k-1"))));
+    let mut first_conn = gw.client.h2().await;
+    let first = tokio::spawn(first_conn.send_request(gw.client.h2_post("/v1/messages", &body, &key)));
     // Held after apply: sled shows the idempotency entry, the disk does not have it yet.
     eventually(Duration::from_secs(10), "the first request's commit to be applied", || faults.held_commits() >= 1)
         .await;
-    let mut retry_conn = h2_client(gw.gateway.api_addr, &certs).await;
-    let retry = tokio::spawn(retry_conn.send_request(send_request(&token, &body, Some("k-1"))));
+    let mut retry_conn = gw.client.h2().await;
+    let retry = tokio::spawn(retry_conn.send_request(gw.client.h2_post("/v1/messages", &body, &key)));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!retry.is_finished(), "the retry answered before the first request was durable");
     assert!(!first.is_finished());
@@ -230,7 +193,7 @@ async fn a_dead_carrier_gives_back_the_parts_it_never_took() {
     for id in &ids[1..] {
         let started = Instant::now();
         until(Duration::from_secs(15), "a cancel to succeed", || async {
-            let a = gw.client.raw(Method::DELETE, &format!("/v1/messages/{id}"), &[], Bytes::new()).await;
+            let a = gw.client.delete(&format!("/v1/messages/{id}")).await;
             a.status == StatusCode::OK && a.json["status"] == "cancelled"
         })
         .await;
@@ -239,26 +202,12 @@ async fn a_dead_carrier_gives_back_the_parts_it_never_took() {
     gw.gateway.shutdown().await;
 }
 
-/// Config text with TLS carriers (name, port, extra keys) and one "+" route over `route`.
-fn carriers_config(data: &std::path::Path, certs: &Certs, carriers: &[(&str, u16, &str)], route: &[&str]) -> String {
-    let mut text = format!(
-        "data_dir = \"{}\"\n[crypto]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        data.display(),
-        certs.path("data.keys").display(),
-        certs.path("api.crt").display(),
-        certs.path("api.key").display(),
-    );
-    for (name, port, extra) in carriers {
-        text.push_str(&format!(
-            "[[carriers]]\nname = \"{name}\"\nhost = \"localhost\"\nport = {port}\ntls = true\nca_file = \"{}\"\nsystem_id = \"gw\"\nenquire_link_secs = 5\nresponse_timeout_secs = 3\n{extra}\n",
-            certs.path("smsc.crt").display()
-        ));
-    }
-    text + &format!("[[routes]]\nprefix = \"+\"\ncarriers = {route:?}\n")
+fn plus_route(carriers: &[&str]) -> String {
+    format!("[[routes]]\nprefix = \"+\"\ncarriers = {carriers:?}\n")
 }
 
 fn two_carriers(data: &std::path::Path, certs: &Certs, a: u16, b: u16, extra_a: &str) -> String {
-    carriers_config(data, certs, &[("a", a, extra_a), ("b", b, "")], &["a", "b"])
+    carriers_config(data, certs, &[("a", a, extra_a), ("b", b, "")], &plus_route(&["a", "b"]), "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +227,7 @@ async fn failover_when_a_carrier_dies_with_a_full_window() {
     until(Duration::from_secs(10), "a few submits on a", || async { sim_submits(&a) >= 3 }).await;
     a.stop();
     let killed = Instant::now();
-    wait_status(&gw.client, &ids, Duration::from_secs(30), WITH_THE_CARRIER).await;
+    gw.client.wait_status(&ids, Duration::from_secs(30), WITH_THE_CARRIER).await;
     let on_a = submitted_texts(&ra);
     let on_b = submitted_texts(&rb);
     println!(
@@ -355,9 +304,14 @@ async fn recovery_sets_bad_entries_aside_and_reroutes_orphaned_queue_entries() {
     let sim = TestSim::start(&certs, SimConfig::default(), Some(record.clone())).await;
     let data = tempfile::tempdir().unwrap();
     // First life: the route goes to carrier "a", which never binds (nothing listens there).
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port_a = unused.local_addr().unwrap().port();
-    let first = carriers_config(data.path(), &certs, &[("a", port_a, ""), ("b", sim.tls_port(), "")], &["a"]);
+    let down = Reserved::new();
+    let first = carriers_config(
+        data.path(),
+        &certs,
+        &[("a", down.port(), ""), ("b", sim.tls_port(), "")],
+        &plus_route(&["a"]),
+        "",
+    );
     let gw = TestGateway::start(parse_config(&first), &certs).await;
     let id = accept(&gw, "orphaned").await;
     // A malformed queue key, and a queue entry whose record does not decode.
@@ -379,7 +333,7 @@ async fn recovery_sets_bad_entries_aside_and_reroutes_orphaned_queue_entries() {
     gw.gateway.shutdown().await;
 
     // Second life: carrier "a" is gone from the configuration; "b" takes the "+" route.
-    let second = carriers_config(data.path(), &certs, &[("b", sim.tls_port(), "")], &["b"]);
+    let second = carriers_config(data.path(), &certs, &[("b", sim.tls_port(), "")], &plus_route(&["b"]), "");
     let gateway = smsgate::gateway::Gateway::start(parse_config(&second)).await.expect("starts despite bad entries");
     let client = Client::new(gateway.api_addr, &certs.path("api.crt"), token);
     wait_delivered(&client, std::slice::from_ref(&id), Duration::from_secs(15)).await;

@@ -8,107 +8,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Node,
-    Builtin,
-}
-
-struct SimProc {
-    child: Child,
-    info: Value,
-    record: PathBuf,
-}
-
-impl Drop for SimProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl SimProc {
-    fn port(&self, tls: bool) -> u16 {
-        self.info[if tls { "tls_port" } else { "port" }].as_u64().unwrap() as u16
-    }
-
-    fn records(&self) -> Vec<Value> {
-        read_record(&self.record)
-    }
-
-    async fn stats(&self) -> Value {
-        let port = self.info["control_port"].as_u64().unwrap();
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/stats")]).output().unwrap()
-        })
-        .await
-        .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-fn node_dir() -> PathBuf {
-    std::env::var_os("SMSC_SIM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/smsc-sim"))
-}
-
-/// Starts a simulator with `args`; `None` (and a SKIPPED line) if node is unavailable.
-fn spawn_sim(kind: Kind, certs: &Certs, args: &[&str]) -> Option<SimProc> {
-    let record = certs.path(&format!("{kind:?}-record.jsonl"));
-    let mut cmd = match kind {
-        Kind::Builtin => {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_smsgate"));
-            c.arg("smsc-sim");
-            c
-        }
-        Kind::Node => {
-            let dir = node_dir();
-            let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-            if !node_ok || !dir.join("node_modules").is_dir() {
-                let why = format!("node or {}/node_modules is missing (run `npm ci` there)", dir.display());
-                assert!(
-                    std::env::var("SMSGATE_REQUIRE_NODE").as_deref() != Ok("1"),
-                    "SMSGATE_REQUIRE_NODE=1 but {why}"
-                );
-                eprintln!("SKIPPED: node simulator case: {why}");
-                return None;
-            }
-            let mut c = Command::new("node");
-            c.arg(dir.join("sim.js"));
-            c
-        }
-    };
-    cmd.args(["--port", "0", "--control-port", "0", "--tls-port", "0", "--dlr-delay-ms", "10"])
-        .arg("--cert")
-        .arg(certs.path("smsc.crt"))
-        .arg("--key")
-        .arg(certs.path("smsc.key"))
-        .arg("--record")
-        .arg(&record)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn simulator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let info: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{kind:?} startup line: {line:?}"));
-    Some(SimProc { child, info, record })
+/// Starts a simulator of `kind` with `args`; `None` when the node one is not installed.
+fn spawn_sim(kind: Kind, certs: &Certs, args: &[&str]) -> Option<SimProcess> {
+    SimProcess::start(kind, certs, args)
 }
 
 /// A gateway whose one carrier is `sim`, over TLS or plain TCP, with extra carrier keys.
-async fn gateway(certs: &Certs, sim: &SimProc, tls: bool, extra: &str) -> (TestGateway, tempfile::TempDir) {
+async fn gateway(certs: &Certs, sim: &SimProcess, tls: bool, extra: &str) -> (TestGateway, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
-    let mut text = config_text(data.path(), certs, sim.port(tls), extra);
+    let port = if tls { sim.tls_port() } else { sim.plain_port() };
+    let mut text = config_text(data.path(), certs, port, extra);
     if !tls {
         text = text
             .replace("tls = true", "tls = false")
@@ -173,7 +88,7 @@ async fn plain_tcp(kind: Kind) {
     let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
     let (gw, _d) = gateway(&certs, &sim, false, "").await;
     let b = bodies("tcp", 3);
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
     let mut got = arrived_texts(&sim.records());
     got.sort();
@@ -192,7 +107,7 @@ async fn tls_with_encodings(kind: Kind) {
         .collect();
     let ucs300: String = "Напоминание о приёме 👩‍⚕️ завтра в 9:30. ".repeat(10).chars().take(300).collect();
     let b = vec!["Emoji 🎉 and ümlauts".to_string(), gsm500.clone(), ucs300.clone()];
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
     assert_eq!(done[1]["encoding"], "gsm7");
     assert_eq!(done[2]["encoding"], "ucs2");
@@ -211,13 +126,9 @@ async fn three_binds(kind: Kind) {
     let certs = Certs::new();
     let Some(sim) = spawn_sim(kind, &certs, &["--resp-delay-ms", "20"]) else { return };
     let (gw, _d) = gateway(&certs, &sim, true, "binds = 3\nwindow = 4").await;
-    eventually(Duration::from_secs(10), "3 binds", || {
-        let r = futures_lite_block(gw.client.get("/readyz"));
-        r.json["carriers"]["sim"]["transmitting_binds"] == 3
-    })
-    .await;
+    wait_ready(&gw.client, "sim", 3).await;
     let b = bodies("pool", 40);
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(20)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"));
     let records = sim.records();
     let sessions: std::collections::HashSet<u64> = records.iter().filter_map(|r| r["session"].as_u64()).collect();
@@ -231,7 +142,7 @@ async fn throttling(kind: Kind) {
     let Some(sim) = spawn_sim(kind, &certs, &["--throttle", "5"]) else { return };
     let (gw, _d) = gateway(&certs, &sim, true, "throttle_pause_ms = 300").await;
     let b = bodies("throttle", 15);
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(30)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "throttled messages are retried, not failed: {done:?}");
     let stats = sim.stats().await;
     assert!(stats["throttled"].as_u64().unwrap() > 0, "the simulator throttled: {stats}");
@@ -249,7 +160,7 @@ async fn dropped_mid_window(kind: Kind) {
     let Some(sim) = spawn_sim(kind, &certs, &["--drop-after", "5", "--resp-delay-ms", "30"]) else { return };
     let (gw, _d) = gateway(&certs, &sim, true, "window = 10").await;
     let b = bodies("drop", 20);
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(30)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
     let got: std::collections::HashSet<String> = arrived_texts(&sim.records()).into_iter().collect();
     assert!(b.iter().all(|x| got.contains(x)), "every message arrived after the drop");
@@ -261,7 +172,7 @@ async fn failed_receipts(kind: Kind) {
     let certs = Certs::new();
     let Some(sim) = spawn_sim(kind, &certs, &["--dlr-fail-ratio", "0.5"]) else { return };
     let (gw, _d) = gateway(&certs, &sim, true, "").await;
-    let done = wait_final(&gw, &send_all(&gw, &bodies("dlr", 10)).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("dlr", 10)).await, PATIENCE).await;
     let undeliv = done.iter().filter(|m| m["status"] == "undeliverable").count();
     let delivered = done.iter().filter(|m| m["status"] == "delivered").count();
     assert_eq!((delivered, undeliv), (5, 5), "{done:?}");
@@ -276,7 +187,7 @@ async fn long_message_modes(kind: Kind) {
         let extra = format!("long_messages = \"{mode}\"");
         let (gw, _d) = gateway(&certs, &sim, true, &extra).await;
         let before = sim.records().len();
-        let done = wait_final(&gw, &send_all(&gw, std::slice::from_ref(&body)).await, Duration::from_secs(10)).await;
+        let done = wait_final(&gw, &send_all(&gw, std::slice::from_ref(&body)).await, PATIENCE).await;
         assert_eq!(done[0]["status"], "delivered", "{mode}: {}", done[0]);
         let records: Vec<Value> = sim.records().into_iter().skip(before).collect();
         match check {
@@ -297,7 +208,7 @@ async fn latin1_and_decimal_ids(kind: Kind) {
     let (gw, _d) =
         gateway(&certs, &sim, true, "latin1 = true\nsubmit_id_format = \"dec\"\nreceipt_id_format = \"dec\"").await;
     let b = vec!["Café à l'hôpital: ça va?".to_string()];
-    let done = wait_final(&gw, &send_all(&gw, &b).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &b).await, PATIENCE).await;
     assert_eq!(done[0]["status"], "delivered", "{}", done[0]);
     assert_eq!(done[0]["carrier_message_ids"][0], "99");
     let r = &sim.records()[0];
@@ -309,24 +220,13 @@ async fn split_binds(kind: Kind) {
     let certs = Certs::new();
     let Some(sim) = spawn_sim(kind, &certs, &[]) else { return };
     let (gw, _d) = gateway(&certs, &sim, true, "bind_mode = \"split\"").await;
-    let done = wait_final(&gw, &send_all(&gw, &bodies("split", 4)).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("split", 4)).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "receipts come back on the receiver: {done:?}");
-    let port = sim.info["control_port"].as_u64().unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/sessions")]).output().unwrap()
-    })
-    .await
-    .unwrap();
-    let sessions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = sim.sessions().await;
     let mut modes: Vec<&str> = sessions.as_array().unwrap().iter().filter_map(|s| s["mode"].as_str()).collect();
     modes.sort();
     assert_eq!(modes, ["receiver", "transmitter"], "{sessions}");
     gw.gateway.shutdown().await;
-}
-
-/// Runs a future to completion from a sync closure (for `eventually`).
-fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 macro_rules! matrix {
@@ -372,15 +272,11 @@ async fn mutual_tls_with_the_builtin_simulator() {
     let sim = spawn_sim(Kind::Builtin, &certs, &["--client-ca", &ca_arg]).unwrap();
     // Without a client certificate the handshake fails and readyz says why.
     let (gw, _d) = gateway(&certs, &sim, true, "").await;
-    let started = Instant::now();
-    let ready = loop {
-        let r = gw.client.get("/readyz").await;
-        let err = r.json["carriers"]["sim"]["binds"][0]["last_error"].as_str().map(String::from);
-        if err.is_some() || started.elapsed() > Duration::from_secs(10) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    until(PATIENCE, "the bind error in readyz", || async {
+        gw.client.get("/readyz").await.json["carriers"]["sim"]["binds"][0]["last_error"].is_string()
+    })
+    .await;
+    let ready = gw.client.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     let err = ready.json["carriers"]["sim"]["binds"][0]["last_error"].as_str().unwrap_or_default().to_string();
     assert!(!err.is_empty(), "{}", ready.json);
@@ -388,7 +284,7 @@ async fn mutual_tls_with_the_builtin_simulator() {
     // With it, messages flow.
     let extra = format!("client_cert = \"{}\"\nclient_key = \"{}\"", cert.display(), key.display());
     let (gw, _d) = gateway(&certs, &sim, true, &extra).await;
-    let done = wait_final(&gw, &send_all(&gw, &bodies("mtls", 2)).await, Duration::from_secs(10)).await;
+    let done = wait_final(&gw, &send_all(&gw, &bodies("mtls", 2)).await, PATIENCE).await;
     assert!(done.iter().all(|m| m["status"] == "delivered"), "{done:?}");
     gw.gateway.shutdown().await;
 }
@@ -400,18 +296,15 @@ async fn an_untrusted_smsc_certificate_is_refused_with_the_reason() {
     let sim = spawn_sim(Kind::Builtin, &certs, &[]).unwrap();
     let data = tempfile::tempdir().unwrap();
     // Trust the API certificate instead of the SMSC's: verification must fail.
-    let text = config_text(data.path(), &certs, sim.port(true), "")
+    let text = config_text(data.path(), &certs, sim.tls_port(), "")
         .replace(&certs.path("smsc.crt").display().to_string(), &certs.path("api.crt").display().to_string());
     let gw = TestGateway::start(parse_config(&text), &certs).await;
-    let started = Instant::now();
-    let err = loop {
-        let r = gw.client.get("/readyz").await;
-        if let Some(e) = r.json["carriers"]["sim"]["binds"][0]["last_error"].as_str() {
-            break e.to_string();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "no error reported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    until(PATIENCE, "the bind error in readyz", || async {
+        gw.client.get("/readyz").await.json["carriers"]["sim"]["binds"][0]["last_error"].is_string()
+    })
+    .await;
+    let err =
+        gw.client.get("/readyz").await.json["carriers"]["sim"]["binds"][0]["last_error"].as_str().unwrap().to_string();
     assert!(err.contains("TLS handshake") && err.to_lowercase().contains("certificate"), "{err}");
     assert_eq!(sim.stats().await["bind_ok"], 0);
     gw.gateway.shutdown().await;

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,104 +14,22 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smsgate");
 
-struct Gw {
-    child: Child,
-    log: PathBuf,
+/// A config (ports 0: the gateway prints what it bound) and a key with send, read, optouts.
+fn config_file(certs: &Certs, data: &Path, sim_port: u16, extra: &str) -> (PathBuf, String) {
+    config_file_with_key(certs, &(config_text(data, certs, sim_port, "") + extra))
 }
 
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Writes a config with fixed API and metrics ports and starts `smsgate serve`.
-fn config_file(certs: &Certs, data: &Path, sim_port: u16, api: u16, metrics: u16, extra: &str) -> PathBuf {
-    let text = config_text(data, certs, sim_port, "")
-        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{api}\""), 1)
-        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{metrics}\""), 1)
-        + extra;
-    let path = certs.path(&format!("ops-{api}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start(config: &Path, log: PathBuf, rust_log: Option<&str>) -> Gw {
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--config").arg(config).stdout(Stdio::null()).stderr(file);
-    match rust_log {
-        Some(l) => cmd.env("RUST_LOG", l),
-        None => cmd.env_remove("RUST_LOG"),
-    };
-    Gw { child: cmd.spawn().unwrap(), log }
-}
-
-fn key(config: &Path) -> String {
-    let out = Command::new(BIN)
-        .args(["keys", "create", "--name", "ops", "--scopes", "send,read,optouts", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().find_map(|l| l.strip_prefix("token:")).unwrap().trim().to_string()
+fn start(config: &Path, log: PathBuf, rust_log: Option<&str>) -> GatewayProcess {
+    let env: Vec<(&str, &str)> = rust_log.map(|l| ("RUST_LOG", l)).into_iter().collect();
+    GatewayProcess::start(config, &log, &env).expect("smsgate serve starts")
 }
 
 async fn ready(client: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(mut c) = client.connect().await
-            && let Ok((StatusCode::OK, _)) = c.get_json("/readyz").await
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-}
-
-fn sighup(child: &Child) {
-    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let out = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    until(PATIENCE, "readyz 200", || async { client.get("/readyz").await.status == StatusCode::OK }).await;
 }
 
 fn promtool() -> Option<PathBuf> {
-    let found = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("SMSGATE_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
-            "SMSGATE_REQUIRE_PROMTOOL=1 but promtool is missing"
-        );
-        eprintln!("SKIPPED: promtool not installed (Debian package 'prometheus')");
-        return None;
-    }
-    Some(PathBuf::from("promtool"))
+    have("promtool", "promtool").then(|| PathBuf::from("promtool"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,27 +37,23 @@ async fn a_full_flow_at_trace_level_logs_no_phi_and_metrics_parse() {
     let certs = Certs::new();
     let sim = SimProcess::builtin(&certs, &[]);
     let data = tempfile::tempdir().unwrap();
-    let (api, metrics) = (free_port(), free_port());
-    let config = config_file(&certs, data.path(), sim.tls_port(), api, metrics, "");
-    let token = key(&config);
+    let (config, token) = config_file(&certs, data.path(), sim.tls_port(), "");
     let mut gw = start(&config, certs.path("trace.log"), Some("trace"));
-    let client = Client::new(format!("127.0.0.1:{api}").parse().unwrap(), &certs.path("api.crt"), Some(token));
+    let client = gw.client(&certs, &token);
     ready(&client).await;
     let number = "+14155550142";
     let body = "Gadolinium-Pineapple imaging results are ready";
     let a = client.post("/v1/messages", &json!({"to": number, "body": body, "from": "CLINIC"})).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
-    let m = client
-        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(10), |m| m["status"] == "delivered")
-        .await;
+    let m = client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "delivered").await;
     assert_eq!(m["status"], "delivered");
     let inbound = "Quokka-Saxophone reply STOP";
-    sim.control("/mo", Some(json!({"from": number, "to": "CLINIC", "text": inbound}))).await;
-    sim.control("/mo", Some(json!({"from": number, "to": "CLINIC", "text": "STOP"}))).await;
+    sim.mo(number, "CLINIC", inbound).await;
+    sim.mo(number, "CLINIC", "STOP").await;
     let refused = client.post("/v1/messages", &json!({"to": number, "body": body})).await;
     assert_eq!(refused.json["error"]["code"], "recipient_opted_out");
     // Metrics: a real parser accepts them.
-    let exposition = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics")).await.unwrap();
+    let exposition = http_text(gw.metrics, "/metrics").await;
     for name in [
         "smsgate_api_requests_total",
         "smsgate_messages_accepted_total",
@@ -173,10 +86,10 @@ async fn a_full_flow_at_trace_level_logs_no_phi_and_metrics_parse() {
         let problems = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "promtool check metrics: {problems}");
     }
-    sigterm(&gw.child);
-    assert!(wait_exit(&mut gw.child, Duration::from_secs(30)).is_some());
-    let mut log = String::new();
-    std::fs::File::open(&gw.log).unwrap().read_to_string(&mut log).unwrap();
+    gw.signal("TERM");
+    let status = gw.wait_exit(PATIENCE).expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let log = gw.log_text();
     assert!(log.len() > 10_000, "trace logging produced output ({} bytes)", log.len());
     for needle in [number, &number[1..], &number[2..], body, "Gadolinium", inbound, "Quokka"] {
         assert!(!log.contains(needle), "'{needle}' appears in the trace log");
@@ -187,45 +100,51 @@ async fn a_full_flow_at_trace_level_logs_no_phi_and_metrics_parse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_unbinds_and_loses_nothing() {
     let certs = Certs::new();
-    let sim = SimProcess::builtin(&certs, &["--resp-delay-ms", "300"]);
+    let sim = SimProcess::builtin(&certs, &["--resp-delay-ms", "1500"]);
     let data = tempfile::tempdir().unwrap();
-    let (api, metrics) = (free_port(), free_port());
-    let config = config_file(&certs, data.path(), sim.tls_port(), api, metrics, "");
-    let token = key(&config);
+    let (config, token) = config_file(&certs, data.path(), sim.tls_port(), "");
     let mut gw = start(&config, certs.path("term.log"), None);
-    let client = Client::new(format!("127.0.0.1:{api}").parse().unwrap(), &certs.path("api.crt"), Some(token.clone()));
+    let client = gw.client(&certs, &token);
     ready(&client).await;
     let batch: Vec<Value> = (0..40).map(|i| json!({"to": "+14155550123", "body": format!("drain {i}")})).collect();
     let a = client.post("/v1/messages/batch", &json!({"messages": batch})).await;
     assert_eq!(a.json["accepted"], 40);
-    tokio::time::sleep(Duration::from_millis(100)).await; // some submits in flight (300 ms answers)
+    // Some submits in flight (1.5 s answers) when SIGTERM comes.
+    until(PATIENCE, "submits in flight", || async { sim.stats().await["submit_sm_total"].as_u64().unwrap() >= 1 })
+        .await;
+    let mut open = client.connect().await.unwrap();
     let stopped = Instant::now();
-    sigterm(&gw.child);
-    let status = wait_exit(&mut gw.child, Duration::from_secs(40)).expect("exits within the shutdown timeout");
-    assert!(status.success(), "exit status {status}");
-    println!("graceful shutdown took {} ms", stopped.elapsed().as_millis());
-    let stats = sim.control("/stats", None).await;
-    assert!(stats["unbind"].as_u64().unwrap() >= 1, "unbind sent: {stats}");
-    assert_eq!(stats["submit_sm_unanswered"].as_u64().unwrap_or(0), 0);
-    // Restart: whatever was not submitted goes out now; nothing is lost, nothing resent.
-    let _gw2 = start(&config, certs.path("term2.log"), None);
-    ready(&client).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    gw.signal("TERM");
+    // While the binds drain (the SMSC answers in 1.5 s), the API answers sends with 503
+    // shutting_down and /readyz with 503; it closes only after that.
+    let deadline = Instant::now() + PATIENCE;
     loop {
-        let texts: std::collections::HashSet<String> = sim
-            .records()
-            .iter()
-            .filter(|r| r["command_status"] == 0)
-            .filter_map(|r| r["text"].as_str().map(String::from))
-            .collect();
-        if texts.len() == 40 {
-            let total = sim.records().iter().filter(|r| r["command_status"] == 0).count();
-            assert_eq!(total, 40, "no duplicates after a graceful stop");
+        let (status, j) =
+            open.post("/v1/messages", &json!({"to": "+14155550123", "body": "during the stop"})).await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(j["error"]["code"], "shutting_down", "{j}");
             break;
         }
-        assert!(Instant::now() < deadline, "{} of 40 arrived", texts.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{j}"); // the signal is not handled yet
+        assert!(Instant::now() < deadline, "never answered 503 shutting_down");
     }
+    let (status, j) = open.get_json("/readyz").await.unwrap();
+    assert_eq!((status, j["accepting"].as_bool()), (StatusCode::SERVICE_UNAVAILABLE, Some(false)), "{j}");
+    let status = gw.wait_exit(Duration::from_secs(40)).expect("exits within the shutdown timeout");
+    assert!(status.success(), "exit status {status}");
+    println!("graceful shutdown took {} ms", stopped.elapsed().as_millis());
+    let stats = sim.stats().await;
+    assert!(stats["unbind"].as_u64().unwrap() >= 1, "unbind sent: {stats}");
+    assert_eq!(stats["submit_sm_unanswered"].as_u64(), Some(0), "every submit in flight was answered: {stats}");
+    // Restart: whatever was not submitted goes out now; nothing is lost, nothing resent.
+    let _gw2 = start(&config, certs.path("term2.log"), None);
+    until(PATIENCE, "all 40 at the simulator", || async {
+        let texts = submitted_texts(&sim.record);
+        (0..40).all(|i| texts.contains_key(&format!("drain {i}")))
+    })
+    .await;
+    let texts = submitted_texts(&sim.record);
+    assert!(texts.values().all(|&n| n == 1), "no duplicates after a graceful stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,18 +152,10 @@ async fn sighup_reloads_without_dropping_binds_and_refuses_a_bad_config() {
     let certs = Certs::new();
     let sim = SimProcess::builtin(&certs, &[]);
     let data = tempfile::tempdir().unwrap();
-    let (api, metrics) = (free_port(), free_port());
-    let config = config_file(
-        &certs,
-        data.path(),
-        sim.tls_port(),
-        api,
-        metrics,
-        "[[routes]]\nprefix = \"+1\"\ncarriers = [\"sim\"]\n",
-    );
-    let token = key(&config);
+    let (config, token) =
+        config_file(&certs, data.path(), sim.tls_port(), "[[routes]]\nprefix = \"+1\"\ncarriers = [\"sim\"]\n");
     let gw = start(&config, certs.path("hup.log"), None);
-    let client = Client::new(format!("127.0.0.1:{api}").parse().unwrap(), &certs.path("api.crt"), Some(token));
+    let client = gw.client(&certs, &token);
     ready(&client).await;
     assert_eq!(
         client.post("/v1/messages", &json!({"to": "+447911123456", "body": "x"})).await.json["error"]["code"],
@@ -257,37 +168,63 @@ async fn sighup_reloads_without_dropping_binds_and_refuses_a_bad_config() {
         .replace("response_timeout_secs = 3", "response_timeout_secs = 3\nrate = 50")
         + "[compliance]\noptout_reply = \"Reloaded reply\"\n";
     std::fs::write(&config, &changed).unwrap();
-    sighup(&gw.child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = client.post("/v1/messages", &json!({"to": "+447911123456", "body": "after reload"})).await;
-        if a.status == StatusCode::ACCEPTED {
-            break;
-        }
-        assert!(Instant::now() < deadline, "reload not applied: {}", a.json);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sim.control("/mo", Some(json!({"from": "+14155550123", "to": "12345", "text": "STOP"}))).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sim.records().iter().any(|r| r["text"] == "Reloaded reply") {
-        assert!(Instant::now() < deadline, "new reply text not used");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.signal("HUP");
+    until(PATIENCE, "the reload to apply", || async {
+        client.post("/v1/messages", &json!({"to": "+447911123456", "body": "after reload"})).await.status
+            == StatusCode::ACCEPTED
+    })
+    .await;
+    sim.mo("+14155550123", "12345", "STOP").await;
+    until(PATIENCE, "the new reply text", || async { sim.records().iter().any(|r| r["text"] == "Reloaded reply") })
+        .await;
     // A broken config is refused and the running one stays.
-    std::fs::write(&config, changed.replace("window", "windoh")).unwrap();
     std::fs::write(&config, changed.clone() + "this is not toml = = =\n").unwrap();
-    sighup(&gw.child);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.signal("HUP");
+    eventually(PATIENCE, "the refusal in the log", || gw.log_text().contains("reload refused")).await;
     let a = client.post("/v1/messages", &json!({"to": "+447911123457", "body": "still fine"})).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
-    let stats = sim.control("/stats", None).await;
+    let stats = sim.stats().await;
     assert_eq!(
         (stats["connections"].as_u64(), stats["bind_ok"].as_u64()),
         (Some(1), Some(1)),
         "binds were never dropped: {stats}"
     );
-    let log = std::fs::read_to_string(&gw.log).unwrap();
-    assert!(log.contains("configuration reloaded") && log.contains("reload refused"), "{log}");
+    assert!(gw.log_text().contains("configuration reloaded"));
+    // Both reloads are in the audit trail (what `audit export` gives a SIEM).
+    std::fs::write(&config, &changed).unwrap();
+    let (status, export, stderr) = smsgate(&[
+        "audit".as_ref(),
+        "export".as_ref(),
+        "--out".as_ref(),
+        "-".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(status.success(), "{stderr}");
+    let reloads: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "config.reload")
+        .collect();
+    let outcomes: Vec<&str> = reloads.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["applied", "refused"], "{reloads:?}");
+    assert!(stderr.contains("exported"), "{stderr}");
+    // --since keeps only later entries.
+    let last_at = reloads[1]["at"].as_str().unwrap().to_string();
+    let (_, since, _) = smsgate(&[
+        "audit".as_ref(),
+        "export".as_ref(),
+        "--out".as_ref(),
+        "-".as_ref(),
+        "--since".as_ref(),
+        last_at.as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(since.lines().count() >= 1 && since.lines().count() < export.lines().count());
+    assert!(
+        since.lines().all(|l| serde_json::from_str::<Value>(l).unwrap()["at"].as_str().unwrap() >= last_at.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,11 +232,9 @@ async fn backup_while_serving_then_restore_finds_everything() {
     let certs = Certs::new();
     let sim = SimProcess::builtin(&certs, &[]);
     let data = tempfile::tempdir().unwrap();
-    let (api, metrics) = (free_port(), free_port());
-    let config = config_file(&certs, data.path(), sim.tls_port(), api, metrics, "");
-    let token = key(&config);
+    let (config, token) = config_file(&certs, data.path(), sim.tls_port(), "");
     let mut gw = start(&config, certs.path("backup.log"), None);
-    let client = Client::new(format!("127.0.0.1:{api}").parse().unwrap(), &certs.path("api.crt"), Some(token));
+    let client = gw.client(&certs, &token);
     ready(&client).await;
     let mut ids = Vec::new();
     for i in 0..30 {
@@ -312,27 +247,39 @@ async fn backup_while_serving_then_restore_finds_everything() {
     }
     let put = client.raw(hyper::Method::PUT, "/v1/opt-outs/%2B14155550199", &[], bytes::Bytes::new()).await;
     assert_eq!(put.status, StatusCode::OK);
-    // Keep sending while the backup is taken.
+    // Keep sending while the backup is taken, and after it: serving never stops for it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
-        let c = client.clone();
+        let (c, stop, sent) = (client.clone(), stop.clone(), sent.clone());
         tokio::spawn(async move {
-            for i in 0..50 {
-                c.post("/v1/messages", &json!({"to": "+14155550123", "body": format!("during {i}")})).await;
+            let mut conn = c.connect().await.unwrap();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, j) = conn
+                    .post("/v1/messages", &json!({"to": "+14155550123", "body": format!("during {i}")}))
+                    .await
+                    .unwrap();
+                assert_eq!(status, StatusCode::ACCEPTED, "{j}");
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
             }
         })
     };
+    eventually(PATIENCE, "load before the backup", || sent.load(std::sync::atomic::Ordering::Relaxed) >= 5).await;
     let out = certs.path("smsgate.backup");
-    let cfg = config.clone();
-    let out2 = out.clone();
-    let backup = tokio::task::spawn_blocking(move || {
-        Command::new(BIN).arg("backup").arg("--out").arg(&out2).arg("--config").arg(&cfg).output().unwrap()
+    let (status, _, stderr) =
+        smsgate(&["backup".as_ref(), "--out".as_ref(), out.as_os_str(), "--config".as_ref(), config.as_os_str()]);
+    assert!(status.success(), "{stderr}");
+    let after_backup = sent.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(PATIENCE, "load after the backup", || {
+        sent.load(std::sync::atomic::Ordering::Relaxed) >= after_backup + 5
     })
-    .await
-    .unwrap();
-    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
-    sigterm(&gw.child);
-    wait_exit(&mut gw.child, Duration::from_secs(30));
+    gw.signal("TERM");
+    assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
     let audit_lines_in_backup = {
         let c = smsgate::store::backup::read(&out).unwrap();
         let audit = c.files.iter().find(|(n, _)| n == "audit/audit.jsonl").expect("audit log in the backup");
@@ -340,7 +287,8 @@ async fn backup_while_serving_then_restore_finds_everything() {
     };
     // Restore into an empty data directory with the same keys.
     let restored = tempfile::tempdir().unwrap();
-    let rconfig = config_file(&certs, restored.path(), sim.tls_port(), free_port(), free_port(), "");
+    let rconfig = certs.path("restore.toml");
+    std::fs::write(&rconfig, config_text(restored.path(), &certs, sim.tls_port(), "")).unwrap();
     let r = Command::new(BIN).arg("restore").arg(&out).arg("--config").arg(&rconfig).output().unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     // Restoring again over it is refused.
@@ -380,7 +328,7 @@ fn check_config_names_each_problem_with_its_line() {
         + "[[routes]]\nprefix = \"+1\"\ncarriers = [\"nope\"]\n";
     std::fs::write(&path, &bad).unwrap();
     let out = Command::new(BIN).args(["check-config", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64), "problems exit 64 (EX_USAGE), as docs/operations.md says");
     let err = String::from_utf8_lossy(&out.stderr);
     let line_of = |needle: &str| bad.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
     assert!(err.contains(&format!("check.toml:{}: carriers[0] (sim).window", line_of("window = 0"))), "{err}");
@@ -426,4 +374,40 @@ fn dashboard_and_alerts_are_valid() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
+}
+
+/// `smsgate keys …` while the server runs goes through the admin socket (the store is the
+/// server's): a new key works at once, is listed, and a revoked one is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_managed_through_the_admin_socket_while_serving() {
+    let certs = Certs::new();
+    let sim = SimProcess::builtin(&certs, &[]);
+    let data = tempfile::tempdir().unwrap();
+    let (config, _) = config_file(&certs, data.path(), sim.tls_port(), "");
+    let gw = start(&config, certs.path("keys.log"), None);
+    let cfg = config.as_os_str();
+    let (status, out, err) = smsgate(&[
+        "keys".as_ref(),
+        "create".as_ref(),
+        "--name".as_ref(),
+        "live".as_ref(),
+        "--scopes".as_ref(),
+        "send,read".as_ref(),
+        "--config".as_ref(),
+        cfg,
+    ]);
+    assert!(status.success(), "{err}");
+    let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_string();
+    let (id, token) = (field("id:"), field("token:"));
+    let client = gw.client(&certs, &token);
+    let body = json!({"to": "+14155550123", "body": "with a key made while serving"});
+    assert_eq!(client.post("/v1/messages", &body).await.status, StatusCode::ACCEPTED);
+    let (status, list, err) = smsgate(&["keys".as_ref(), "list".as_ref(), "--config".as_ref(), cfg]);
+    assert!(status.success(), "{err}");
+    assert!(list.lines().any(|l| l.starts_with(&id) && l.contains("active") && l.contains("live")), "{list}");
+    let (status, _, err) = smsgate(&["keys".as_ref(), "revoke".as_ref(), id.as_ref(), "--config".as_ref(), cfg]);
+    assert!(status.success(), "{err}");
+    assert_eq!(client.post("/v1/messages", &body).await.status, StatusCode::UNAUTHORIZED);
+    let audit = std::fs::read_to_string(smsgate::audit::log_path(data.path())).unwrap();
+    assert!(audit.contains("admin.keys_create") && audit.contains("admin.keys_revoke"), "admin actions are audited");
 }

@@ -71,14 +71,29 @@ fn raw(command_id: u32, seq: u32, body: &[u8]) -> Bytes {
 }
 
 async fn gateway_for(listener: &TcpListener, extra: &str) -> (Certs, TestGateway, tempfile::TempDir) {
+    gateway_with(listener, extra, "", smsgate::faults::Faults::default()).await
+}
+
+/// With extra top-level sections and injected faults.
+async fn gateway_with(
+    listener: &TcpListener,
+    extra: &str,
+    sections: &str,
+    faults: smsgate::faults::Faults,
+) -> (Certs, TestGateway, tempfile::TempDir) {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
     let port = listener.local_addr().unwrap().port();
     let text = config_text(data.path(), &certs, port, extra)
         .replace("tls = true", "tls = false")
-        .replace(&format!("ca_file = \"{}\"\n", certs.path("smsc.crt").display()), "");
-    let gw = TestGateway::start(parse_config(&text), &certs).await;
+        .replace(&format!("ca_file = \"{}\"\n", certs.path("smsc.crt").display()), "")
+        .replace("[dispatch]\nretry_base_ms = 200", &format!("[dispatch]\nretry_base_ms = 50\n{sections}"));
+    let gw = TestGateway::start_with(parse_config(&text), &certs, faults).await;
     (certs, gw, data)
+}
+
+fn history_details(m: &serde_json::Value) -> Vec<String> {
+    m["history"].as_array().unwrap().iter().filter_map(|h| h["detail"].as_str().map(String::from)).collect()
 }
 
 #[tokio::test]
@@ -127,10 +142,7 @@ async fn malformed_and_unknown_pdus_get_generic_nack_and_the_bind_survives() {
     let submit = peer.next_non_keepalive().await;
     assert_eq!(submit.command_id, id::SUBMIT_SM);
     peer.send(&pdu::submit_sm_resp(submit.seq, status::OK, "A1").unwrap()).await;
-    let m = gw
-        .client
-        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "submitted")
-        .await;
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "submitted").await;
     assert_eq!(m["status"], "submitted");
 
     // The SMSC unbinds: answered, and the gateway binds again.
@@ -168,7 +180,7 @@ async fn throttling_is_retried_and_silence_recycles_the_bind() {
     };
     assert_eq!(text(&s3), text(&s2), "the same message is sent again");
     peer2.send(&pdu::submit_sm_resp(s3.seq, status::OK, "B7").unwrap()).await;
-    let m = gw.client.wait_message(&id, Duration::from_secs(5), |m| m["status"] == "submitted").await;
+    let m = gw.client.wait_message(&id, PATIENCE, |m| m["status"] == "submitted").await;
     assert_eq!(m["status"], "submitted", "{m}");
     assert_eq!(m["carrier_message_ids"][0], "B7");
     let details: Vec<String> =
@@ -187,10 +199,7 @@ async fn permanent_errors_fail_the_message_with_the_carrier_status() {
     let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "bad destination"})).await;
     let s = peer.next_non_keepalive().await;
     peer.send(&pdu::header(0x8000_0004, status::INVALID_DEST, s.seq)).await;
-    let m = gw
-        .client
-        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "failed")
-        .await;
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "failed").await;
     assert_eq!(m["status"], "failed", "{m}");
     assert_eq!(m["error"]["code"], "carrier_rejected");
     assert_eq!(m["error"]["carrier_status"], status::INVALID_DEST);
@@ -207,6 +216,98 @@ async fn an_unanswered_enquire_link_recycles_the_bind() {
     assert_eq!(e.command_id, id::ENQUIRE_LINK);
     let started = std::time::Instant::now();
     let _again = Peer::accept(&listener).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "recycled after the response timeout");
+    // 1 s idle + 1 s timeout; the bound is what a loaded machine still meets.
+    assert!(started.elapsed() < Duration::from_secs(10), "recycled after the response timeout");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_message_queue_is_throttling_not_an_attempt() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "throttle_pause_ms = 100").await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "queue full"})).await;
+    let s1 = peer.next_non_keepalive().await;
+    peer.send(&pdu::header(0x8000_0004, status::MSG_QUEUE_FULL, s1.seq)).await;
+    let s2 = peer.next_non_keepalive().await;
+    peer.send(&pdu::submit_sm_resp(s2.seq, status::OK, "Q1").unwrap()).await;
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "submitted").await;
+    assert_eq!(m["status"], "submitted", "{m}");
+    assert_eq!(m["attempts"], 1, "ESME_RMSGQFUL is not an attempt: {m}");
+    assert!(history_details(&m).contains(&"carrier_throttled".to_string()), "{m}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn temporary_errors_stop_at_max_attempts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) =
+        gateway_with(&listener, "", "max_attempts = 3\nretry_max_ms = 200", smsgate::faults::Faults::default()).await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "always failing"})).await;
+    for _ in 0..3 {
+        let s = peer.next_non_keepalive().await;
+        assert_eq!(s.command_id, id::SUBMIT_SM);
+        peer.send(&pdu::header(0x8000_0004, status::SYSTEM_ERROR, s.seq)).await;
+    }
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "failed").await;
+    assert_eq!((m["status"].as_str(), m["error"]["code"].as_str()), (Some("failed"), Some("max_attempts")), "{m}");
+    assert_eq!((m["attempts"].as_u64(), m["error"]["carrier_status"].as_u64()), (Some(3), Some(8)), "{m}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_generic_nack_answering_a_submit_counts_as_that_status() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (_certs, gw, _data) = gateway_for(&listener, "").await;
+    let mut peer = Peer::accept(&listener).await;
+    // A temporary status in a generic_nack: retried, then accepted.
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "nacked once"})).await;
+    let s1 = peer.next_non_keepalive().await;
+    peer.send(&pdu::generic_nack(s1.seq, status::SYSTEM_ERROR)).await;
+    let s2 = peer.next_non_keepalive().await;
+    peer.send(&pdu::submit_sm_resp(s2.seq, status::OK, "N2").unwrap()).await;
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "submitted").await;
+    assert_eq!((m["status"].as_str(), m["attempts"].as_u64()), (Some("submitted"), Some(2)), "{m}");
+    // A permanent one (invalid command length): the message fails with it.
+    let b = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "nacked for good"})).await;
+    let s3 = peer.next_non_keepalive().await;
+    peer.send(&pdu::generic_nack(s3.seq, status::INVALID_CMD_LENGTH)).await;
+    let m = gw.client.wait_message(b.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "failed").await;
+    assert_eq!((m["status"].as_str(), m["error"]["carrier_status"].as_u64()), (Some("failed"), Some(2)), "{m}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_receipt_the_store_cannot_take_is_refused_with_syserr() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let faults = smsgate::faults::Faults::default();
+    let (_certs, gw, _data) = gateway_with(&listener, "", "", faults.clone()).await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "receipt refused"})).await;
+    let s = peer.next_non_keepalive().await;
+    peer.send(&pdu::submit_sm_resp(s.seq, status::OK, "R1").unwrap()).await;
+    gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "submitted").await;
+    // The disk fails: the receipt is not acknowledged, so the SMSC keeps it and sends it again.
+    faults.fail_sync_at(1);
+    let receipt = ShortMessage {
+        esm_class: 0x04,
+        short_message: Bytes::from_static(
+            b"id:R1 sub:001 dlvrd:001 submit date:2601011200 done date:2601011201 stat:DELIVRD err:000",
+        ),
+        ..Default::default()
+    };
+    peer.send(&pdu::encode_deliver_sm(90, &receipt).unwrap()).await;
+    let resp = peer.next_non_keepalive().await;
+    assert_eq!((resp.command_id, resp.seq, resp.status), (0x8000_0005, 90, status::SYSTEM_ERROR));
+    // So is an inbound text.
+    let mo = ShortMessage {
+        source: pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
+        short_message: Bytes::from_static(b"STOP"),
+        ..Default::default()
+    };
+    peer.send(&pdu::encode_deliver_sm(91, &mo).unwrap()).await;
+    let resp = peer.next_non_keepalive().await;
+    assert_eq!((resp.command_id, resp.seq, resp.status), (0x8000_0005, 91, status::SYSTEM_ERROR));
     gw.gateway.shutdown().await;
 }

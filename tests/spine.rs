@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use hyper::{Method, StatusCode};
@@ -37,7 +35,7 @@ async fn a_message_goes_queued_submitted_delivered() {
     assert_eq!(a.json["segments"], 1);
     assert_eq!(a.json["encoding"], "gsm7");
     let id = a.json["id"].as_str().unwrap().to_string();
-    let m = gw.client.wait_message(&id, Duration::from_secs(5), |m| m["status"] == "delivered").await;
+    let m = gw.client.wait_message(&id, PATIENCE, |m| m["status"] == "delivered").await;
     assert_eq!(m["status"], "delivered", "{m}");
     let history: Vec<&str> = m["history"].as_array().unwrap().iter().map(|h| h["status"].as_str().unwrap()).collect();
     assert_eq!(history, ["queued", "submitted", "delivered"]);
@@ -68,8 +66,7 @@ async fn long_and_unicode_messages_arrive_whole() {
     let b = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "Привет 👋 see you soon"})).await;
     assert_eq!(b.json["encoding"], "ucs2");
     for id in [&a.json["id"], &b.json["id"]] {
-        let m =
-            gw.client.wait_message(id.as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "delivered").await;
+        let m = gw.client.wait_message(id.as_str().unwrap(), PATIENCE, |m| m["status"] == "delivered").await;
         assert_eq!(m["status"], "delivered", "{m}");
     }
     let rec = read_record(sim.record.as_ref().unwrap());
@@ -87,10 +84,7 @@ async fn long_and_unicode_messages_arrive_whole() {
 async fn undeliverable_receipts_end_the_message() {
     let (_certs, _sim, gw, _data) = setup(SimConfig { dlr_fail_ratio: 1.0, ..SimConfig::default() }).await;
     let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "x"})).await;
-    let m = gw
-        .client
-        .wait_message(a.json["id"].as_str().unwrap(), Duration::from_secs(5), |m| m["status"] == "undeliverable")
-        .await;
+    let m = gw.client.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "undeliverable").await;
     assert_eq!(m["status"], "undeliverable", "{m}");
     assert_eq!(m["error"]["code"], "carrier_undeliverable");
     assert_eq!(m["error"]["carrier_status"], 1);
@@ -124,6 +118,25 @@ async fn authentication_and_scopes() {
     let key_id = victim.split('_').nth(1).unwrap().to_string();
     smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys }.revoke(&key_id).await.unwrap();
     assert_eq!(gw.client.with_token(Some(&victim)).post("/v1/messages", &body).await.status, StatusCode::UNAUTHORIZED);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_by_alpn_and_hsts_on_every_answer() {
+    let (_certs, _sim, gw, _data) = setup(SimConfig::default()).await;
+    let h2 = gw.client.raw_h2(hyper::Method::GET, "/healthz", &[], bytes::Bytes::new()).await;
+    assert_eq!((h2.status, h2.version), (StatusCode::OK, hyper::Version::HTTP_2));
+    let body = json!({"to": "+14155550123", "body": "over HTTP/2"});
+    let sent = gw
+        .client
+        .raw_h2(hyper::Method::POST, "/v1/messages", &[("content-type", "application/json")], body.to_string().into())
+        .await;
+    assert_eq!((sent.status, sent.version), (StatusCode::ACCEPTED, hyper::Version::HTTP_2), "{}", sent.json);
+    let h1 = gw.client.get("/healthz").await;
+    assert_eq!(h1.version, hyper::Version::HTTP_11);
+    for a in [&h2, &sent, &h1, &gw.client.get("/v1/nothing").await] {
+        assert_eq!(a.headers["strict-transport-security"], "max-age=31536000", "HSTS on every answer");
+    }
     gw.gateway.shutdown().await;
 }
 
@@ -162,9 +175,10 @@ async fn bad_requests_get_the_documented_errors() {
     let a = c.raw(Method::DELETE, "/healthz", &[], Bytes::new()).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
+    wait_ready(c, "sim", 1).await;
     let ready = c.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.json);
-    assert_eq!(ready.json["carriers"]["sim"]["transmitting_binds"], 1);
+    assert_eq!(ready.json["store"], "open");
     // Nothing bad reached the carrier.
     assert_eq!(sim.stats()["submit_sm_total"], 0);
     gw.gateway.shutdown().await;
@@ -173,10 +187,10 @@ async fn bad_requests_get_the_documented_errors() {
 #[tokio::test]
 async fn messages_wait_for_a_carrier_that_is_down_and_survive_a_restart() {
     let certs = Certs::new();
-    // Reserve a port for the simulator, which starts only later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port held for the simulator, which starts only later (connections are refused).
+    let later = Reserved::new();
     let data = tempfile::tempdir().unwrap();
-    let text = config_text(data.path(), &certs, port, "");
+    let text = config_text(data.path(), &certs, later.port(), "");
     let gw = TestGateway::start(parse_config(&text), &certs).await;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -185,16 +199,17 @@ async fn messages_wait_for_a_carrier_that_is_down_and_survive_a_restart() {
         ids.push(a.json["id"].as_str().unwrap().to_string());
     }
     let ready = gw.client.get("/readyz").await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "no carrier bound yet");
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "no carrier bound yet: {}", ready.json);
+    assert_eq!(ready.json["carriers"]["sim"]["transmitting_binds"], 0);
     let token = gw.client.token.clone();
     gw.gateway.shutdown().await;
 
     // Restart on the same data with the carrier now up: everything goes out.
-    let sim = TestSim::start_on(&certs, SimConfig::default(), None, format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let sim = TestSim::start_on(&certs, SimConfig::default(), None, later.listen()).await;
     let gateway = smsgate::gateway::Gateway::start(parse_config(&text)).await.unwrap();
     let client = Client::new(gateway.api_addr, &certs.path("api.crt"), token);
     for id in &ids {
-        let m = client.wait_message(id, Duration::from_secs(10), |m| m["status"] == "delivered").await;
+        let m = client.wait_message(id, PATIENCE, |m| m["status"] == "delivered").await;
         assert_eq!(m["status"], "delivered", "{m}");
     }
     assert_eq!(sim.stats()["submit_sm_ok"], 5);

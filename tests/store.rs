@@ -152,7 +152,10 @@ async fn reschedule_moves_the_queue_entry() {
     assert_eq!((q.len(), q[0].due_ms), (1, far));
     let m = store.message("R").unwrap().unwrap();
     assert_eq!((m.status, m.attempts), (Status::Scheduled, 1));
-    store.commit_one(Op::Finish { id: "R".into(), status: Status::Expired, error: None }).await.unwrap();
+    store
+        .commit_one(Op::Finish { id: "R".into(), status: Status::Expired, error: None, count_attempt: false })
+        .await
+        .unwrap();
     assert!(store.queue_entries().unwrap().is_empty());
 }
 
@@ -179,6 +182,7 @@ async fn sweep_removes_only_what_is_stale() {
                 key: layout::usage("k", day),
                 also: vec![],
                 amount: 1,
+                adds: true,
                 limit: 10,
                 label: "daily".into(),
             }],
@@ -345,4 +349,49 @@ async fn a_backup_is_consistent_and_commits_go_on_during_the_copy() {
     }
     assert_eq!(records as usize, map.len());
     assert_eq!(map.len(), n + upto + usize::from(last.is_some()) - upto);
+}
+
+/// A day limit and a week limit on the same counter are one message, not two; both hold.
+#[tokio::test]
+async fn day_and_week_limits_on_one_counter_count_a_message_once() {
+    use smsgate::store::{Guard, Guarded, QuotaGuard, layout};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default(), keys()).unwrap();
+    let today = layout::usage("r", "20261202");
+    let earlier = layout::usage("r", "20261201");
+    let guard = |n: u64| Guard {
+        idempotency: None,
+        quotas: (0..n)
+            .flat_map(|_| {
+                [
+                    QuotaGuard {
+                        key: today.clone(),
+                        also: vec![],
+                        amount: 1,
+                        adds: true,
+                        limit: 5,
+                        label: "day".into(),
+                    },
+                    QuotaGuard {
+                        key: today.clone(),
+                        also: vec![earlier.clone()],
+                        amount: 1,
+                        adds: false,
+                        limit: 3,
+                        label: "week".into(),
+                    },
+                ]
+            })
+            .collect(),
+    };
+    store.commit(vec![Op::Put { key: earlier.clone(), value: 1u64.to_be_bytes().to_vec() }]).await.unwrap();
+    assert!(matches!(store.commit_guarded(vec![], Some(guard(1))).await.unwrap(), Guarded::Applied(_)));
+    assert_eq!(store.counter(&today).unwrap(), 1, "one message counts once");
+    // A batch of two to the same number would make 4 in the week: refused whole.
+    let refused = store.commit_guarded(vec![], Some(guard(2))).await.unwrap();
+    assert!(matches!(refused, Guarded::QuotaExceeded { ref label, .. } if label == "week"), "{refused:?}");
+    assert_eq!(store.counter(&today).unwrap(), 1, "a refusal leaves nothing");
+    assert!(matches!(store.commit_guarded(vec![], Some(guard(1))).await.unwrap(), Guarded::Applied(_)));
+    assert!(matches!(store.commit_guarded(vec![], Some(guard(1))).await.unwrap(), Guarded::QuotaExceeded { .. }));
+    assert_eq!(store.counter(&today).unwrap(), 2);
 }

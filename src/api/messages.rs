@@ -190,6 +190,7 @@ fn quota_guard(principal: &Principal, messages: &[Message]) -> Option<QuotaGuard
         key: layout::usage(&principal.key_id, &day),
         also: vec![],
         amount,
+        adds: true,
         limit,
         label: "daily_quota".into(),
     })

@@ -267,11 +267,16 @@ async fn read_json(req: Request<Incoming>, limit: usize) -> Result<(Bytes, Value
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
     warn!(error = %e, "store error on the API path");
-    ApiError::unavailable(
-        "store_unavailable",
-        "The message store is unavailable; nothing was accepted. Retry later.",
-        5,
-    )
+    let message = match e {
+        // The failed group may still reach the disk (its write can have landed although the
+        // sync failed): only an Idempotency-Key makes the retry safe.
+        crate::store::StoreError::Failed(_) => {
+            "The message store failed and the gateway is restarting; this request may or may not have been \
+             stored. Retry later with the same Idempotency-Key."
+        }
+        _ => "The message store is unavailable; nothing was accepted. Retry later.",
+    };
+    ApiError::unavailable("store_unavailable", message, 5)
 }
 
 /// The API's view of a message: status and history, number masked, never the body.

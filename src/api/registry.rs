@@ -66,23 +66,29 @@ pub fn get_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handl
     Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "opt_outs": entries})), &idx))
 }
 
-/// `GET /v1/opt-outs?after=NUMBER&limit=N`: the registry, ordered by number.
+/// `GET /v1/opt-outs?after=CURSOR&limit=N`: the registry, ordered by number, then scope. The
+/// cursor (`next`) is `NUMBER:SCOPE` of the last entry, so that a number with several scopes
+/// is never split across pages and skipped.
 pub fn list_optouts(state: &AppState, req: &Request<Incoming>) -> Handled {
     authorize(state, req, Scope::Optouts)?;
     let q = query(req);
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
     let mut all = registry::list_optouts(&state.store).map_err(store_error)?;
     all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.scope.cmp(&b.1.scope)));
-    let after = q.get("after").map(|a| a.replace("%2B", "+"));
-    let page: Vec<Value> = all
+    let after = q.get("after").map(|a| match a.split_once(':') {
+        Some((n, scope)) => (n.to_string(), scope.to_string()),
+        // A bare number (the older cursor form): everything after that number.
+        None => (a.to_string(), "\u{10FFFF}".to_string()),
+    });
+    let page: Vec<(&String, &OptOutEntry)> = all
         .iter()
-        .filter(|(n, _)| after.as_ref().is_none_or(|a| n > a))
+        .filter(|(n, e)| after.as_ref().is_none_or(|(an, ascope)| (n, &e.scope) > (an, ascope)))
         .take(limit)
-        .map(|(n, e)| optout_view(n, e))
+        .map(|(n, e)| (n, e))
         .collect();
-    let next =
-        (page.len() == limit).then(|| page.last().and_then(|v| v["number"].as_str().map(String::from))).flatten();
-    Ok(json_response(StatusCode::OK, &json!({"opt_outs": page, "next": next})))
+    let next = (page.len() == limit).then(|| page.last().map(|(n, e)| format!("{n}:{}", e.scope))).flatten();
+    let view: Vec<Value> = page.iter().map(|(n, e)| optout_view(n, e)).collect();
+    Ok(json_response(StatusCode::OK, &json!({"opt_outs": view, "next": next})))
 }
 
 /// `PUT /v1/opt-outs/{e164}` `{"scope": "global" | "<sender id>"}`: records an opt-out.
@@ -223,12 +229,34 @@ pub fn list_inbound(state: &AppState, req: &Request<Incoming>) -> Handled {
     Ok(json_response(StatusCode::OK, &json!({"inbound": view, "next": next})))
 }
 
+/// The query string's parameters, percent-decoded (`%2B` is `+`; a bare `+` stays a `+`, as
+/// numbers are written).
 fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
     req.uri()
         .query()
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
         .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

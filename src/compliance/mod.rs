@@ -210,6 +210,7 @@ impl Compliance {
                     key: day_key(0),
                     also: vec![],
                     amount: 1,
+                    adds: true,
                     limit: max.into(),
                     label: "max_per_day".into(),
                 });
@@ -227,6 +228,8 @@ impl Compliance {
                     key: day_key(0),
                     also,
                     amount: 1,
+                    // Today's counter counts once, whichever limits look at it.
+                    adds: p.max_per_day.is_none(),
                     limit: max.into(),
                     label: "max_per_week".into(),
                 });

@@ -328,19 +328,26 @@ impl Collector {
                 (reschedule(msg, due, true, "carrier_temporary_error", &text, Some(*code)), Some(due))
             }
         };
-        // A retry that would come after the validity deadline is an expiry now.
+        // A retry that would come after the validity deadline is an expiry now (an attempt
+        // only if something was sent and not throttled).
         match due {
             Some(d) if d >= msg.expires_ms => {
                 let text = format!("validity ends before the next attempt ({})", p.text());
-                (finish(msg, Status::Expired, "validity_expired", &text, p.code()), None)
+                let mut op = finish(msg, Status::Expired, "validity_expired", &text, p.code());
+                if let Op::Finish { count_attempt, .. } = &mut op {
+                    *count_attempt =
+                        !matches!(p, Problem::NotSent) && !matches!(p, Problem::Rejected(c) if is_throttle(*c));
+                }
+                (op, None)
             }
             other => (op, other),
         }
     }
 }
 
+/// A final status after a submission attempt.
 fn finish(msg: &Message, status: Status, code: &str, message: &str, carrier_status: Option<u32>) -> Op {
-    Op::Finish { id: msg.id.clone(), status, error: error(code, message, carrier_status) }
+    Op::Finish { id: msg.id.clone(), status, error: error(code, message, carrier_status), count_attempt: true }
 }
 
 fn reschedule(

@@ -368,7 +368,7 @@ impl Dispatcher {
     }
 
     async fn finish(&self, msg: &Message, status: Status, error: Option<ErrorInfo>) -> Result<(), StoreError> {
-        let r = self.store.commit_one(Op::Finish { id: msg.id.clone(), status, error }).await?;
+        let r = self.store.commit_one(Op::Finish { id: msg.id.clone(), status, error, count_attempt: false }).await?;
         if let OpResult::Updated { became_final: true, .. } = r {
             m::finished(msg.queue_carrier(), status.as_str());
         }
@@ -391,6 +391,7 @@ impl Dispatcher {
                         let entry = e.clone();
                         ops.push(Op::Finish {
                             id: guard.id().to_string(),
+                            count_attempt: false,
                             status: Status::Expired,
                             error: error(
                                 "validity_expired",

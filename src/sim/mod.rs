@@ -84,6 +84,8 @@ pub struct Stats {
     pub(crate) submit_sm_ok: AtomicU64,
     pub(crate) throttled: AtomicU64,
     pub(crate) submit_sm_unbound: AtomicU64,
+    /// Accepted submits whose response was never written (the connection ended first).
+    pub(crate) submit_sm_unanswered: AtomicU64,
     pub(crate) dlr_sent: AtomicU64,
     pub(crate) dlr_delivered: AtomicU64,
     pub(crate) dlr_undeliv: AtomicU64,
@@ -216,7 +218,8 @@ impl Sim {
         json!({
             "connections": get(&s.connections), "binds": sessions, "bind_ok": get(&s.bind_ok), "bind_fail": get(&s.bind_fail),
             "submit_sm_total": total, "submit_sm_ok": get(&s.submit_sm_ok), "throttled": get(&s.throttled),
-            "submit_sm_unbound": get(&s.submit_sm_unbound), "submit_sm_per_sec_avg": avg,
+            "submit_sm_unbound": get(&s.submit_sm_unbound), "submit_sm_unanswered": get(&s.submit_sm_unanswered),
+            "submit_sm_per_sec_avg": avg,
             "first_submit_at": first, "last_submit_at": last,
             "dlr_sent": get(&s.dlr_sent), "dlr_delivered": get(&s.dlr_delivered), "dlr_undeliv": get(&s.dlr_undeliv),
             "dlr_resp_ok": get(&s.dlr_resp_ok), "dlr_resp_error": get(&s.dlr_resp_error), "dlr_pending": get(&s.dlr_pending),
@@ -245,6 +248,7 @@ impl Sim {
             &s.submit_sm_ok,
             &s.throttled,
             &s.submit_sm_unbound,
+            &s.submit_sm_unanswered,
             &s.dlr_sent,
             &s.dlr_delivered,
             &s.dlr_undeliv,

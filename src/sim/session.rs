@@ -27,6 +27,8 @@ where
     let awaiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<u32>>>> = Arc::default();
     let next_seq = Arc::new(AtomicU64::new(1));
     let submits = Arc::new(AtomicU64::new(0));
+    // Set when the session ends: a delayed submit_sm_resp not written by then is unanswered.
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut bound: Option<(BindMode, String)> = None;
     let mut window_second = 0u64;
     let mut in_window = 0u32;
@@ -133,11 +135,13 @@ where
                 }
                 let resp = pdu::submit_sm_resp(frame.seq, status::OK, &id).unwrap_or_default();
                 if sim.config.resp_delay_ms > 0 {
-                    let out = out_tx.clone();
+                    let (out, closed, sim) = (out_tx.clone(), closed.clone(), sim.clone());
                     let delay = Duration::from_millis(sim.config.resp_delay_ms);
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let _ = out.send(resp).await;
+                        if closed.load(Ordering::Acquire) || out.send(resp).await.is_err() {
+                            inc(&sim.stats.submit_sm_unanswered);
+                        }
                     });
                 } else {
                     send(resp);
@@ -182,6 +186,7 @@ where
             }
         }
     }
+    closed.store(true, Ordering::Release);
     if let Ok(mut sessions) = sim.sessions.lock() {
         sessions.remove(&session_id);
     }

@@ -116,6 +116,8 @@ pub enum Op {
         status: Status,
         /// Why.
         error: Option<ErrorInfo>,
+        /// Whether a submission attempt led here (a carrier's answer, not an expiry).
+        count_attempt: bool,
     },
     /// A delivery receipt.
     Receipt {
@@ -229,8 +231,12 @@ pub struct Guard {
     pub quotas: Vec<QuotaGuard>,
 }
 
-/// A counter with a ceiling: `key` gets `amount` added unless that would bring `key` plus the
-/// `also` counters (a rolling window's other days) past `limit`.
+/// A counter with a ceiling: the request is refused if `key` plus the `also` counters (a
+/// rolling window's other days), with everything the request adds to them, would pass
+/// `limit`; otherwise, if `adds`, `key` gets `amount` added.
+///
+/// Two limits on one counter (a day's and a week's, both counting today) are two guards on
+/// the same key, and only one of them adds: the request is one message, not two.
 #[derive(Debug, Clone)]
 pub struct QuotaGuard {
     /// Counter key.
@@ -239,6 +245,9 @@ pub struct QuotaGuard {
     pub also: Vec<Vec<u8>>,
     /// What this request adds.
     pub amount: u64,
+    /// Whether this guard adds `amount` to `key` (false: it only checks a limit that another
+    /// guard of the same request adds to).
+    pub adds: bool,
     /// Ceiling.
     pub limit: u64,
     /// Caller's label, returned when this guard refuses.
@@ -657,8 +666,12 @@ impl Store {
         Ok(self.inner.db.size_on_disk()?)
     }
 
-    /// Flushes everything to disk (used at shutdown).
+    /// Flushes everything to disk (used at shutdown); after a failed write it does nothing,
+    /// so that a restart sees what the disk had when the failure was reported.
     pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.inner.tripwire.reason() {
+            return Err(StoreError::Failed(reason.to_string()));
+        }
         self.inner.db.flush()?;
         Ok(())
     }

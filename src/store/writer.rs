@@ -259,26 +259,24 @@ impl<'a> WriteSet<'a> {
         let read = |set: &Self, k: &[u8]| -> Result<u64, StoreError> {
             Ok(set.get_raw(k)?.and_then(|v| v.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0))
         };
-        // Check every quota before staging any increment, so a refusal leaves nothing behind.
-        let mut staged = Vec::with_capacity(guard.quotas.len());
+        // What the whole request adds, per counter; then every limit is checked against the
+        // counters with all of it, before anything is staged (a refusal leaves nothing).
+        let mut adding: HashMap<Vec<u8>, u64> = HashMap::new();
+        for q in guard.quotas.iter().filter(|q| q.adds) {
+            *adding.entry(q.key.clone()).or_default() += q.amount;
+        }
         for q in &guard.quotas {
-            let own = read(self, &q.key)?;
-            let mut used = own;
-            for k in &q.also {
+            let mut used = 0;
+            let mut added = 0;
+            for k in std::iter::once(&q.key).chain(&q.also) {
                 used += read(self, k)?;
+                added += adding.get(k).copied().unwrap_or(0);
             }
-            // Earlier guards of this request on the same counters count too.
-            used += staged
-                .iter()
-                .filter(|(k, _): &&(Vec<u8>, u64)| *k == q.key || q.also.contains(k))
-                .map(|(_, a)| *a)
-                .sum::<u64>();
-            if used + q.amount > q.limit {
+            if used + added > q.limit {
                 return Ok(Guarded::QuotaExceeded { label: q.label.clone(), used, limit: q.limit });
             }
-            staged.push((q.key.clone(), q.amount));
         }
-        for (key, amount) in staged {
+        for (key, amount) in adding {
             let now = read(self, &key)?;
             self.put(key, Some((now + amount).to_be_bytes().to_vec()));
         }
@@ -447,7 +445,7 @@ impl<'a> WriteSet<'a> {
                 self.put(new, Some(value));
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
             }
-            Op::Finish { id, status, error } => {
+            Op::Finish { id, status, error, count_attempt } => {
                 let Some(msg) = self.load(id)? else {
                     return Ok(OpResult::NotFound);
                 };
@@ -455,6 +453,9 @@ impl<'a> WriteSet<'a> {
                     return Ok(OpResult::AlreadyFinal(msg.status));
                 }
                 msg.error = error.clone();
+                if *count_attempt {
+                    msg.attempts += 1;
+                }
                 msg.set_status(*status, now, error.as_ref().map(|e| e.code.clone()));
                 let q = layout::queue(msg.due_ms, msg.seq);
                 let created_ms = msg.created_ms;

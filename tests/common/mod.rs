@@ -1,25 +1,23 @@
-//! Shared helpers for the integration tests: a built-in SMSC simulator and a gateway, both
-//! real (TLS sockets, sled in a temp dir), and a small HTTPS client.
-#![allow(dead_code)]
+//! Shared helpers for the integration tests: everything real (TLS sockets, sled in temp
+//! dirs, the `smsgate` binary, the node simulator), with one way each to wait, to start a
+//! process, to skip, and to read what a simulator received.
+#![allow(dead_code, unused_imports)]
+
+mod client;
+mod gateway;
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use smsgate::auth::{KeyAdmin, Scope};
-use smsgate::config::Config;
-use smsgate::gateway::Gateway;
-use smsgate::sim::{Recorder, Sim, SimConfig, SimHandle, SimListeners};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// A temp dir with self-signed certificates for the API and the SMSC.
+pub use client::{Answer, Client, Conn, http_text};
+pub use gateway::{GatewayProcess, TestGateway, config_file_with_key, parse_config};
+pub use sim::{Kind, Reserved, SimProcess, TestSim};
+
+/// A temp dir with self-signed certificates for the API and the SMSC, and a data key file.
 pub struct Certs {
     pub dir: tempfile::TempDir,
 }
@@ -38,54 +36,18 @@ impl Certs {
         }
         Certs { dir }
     }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
 
-/// A running built-in simulator.
-pub struct TestSim {
-    pub handle: SimHandle,
-    pub stop: watch::Sender<bool>,
-    pub record: Option<PathBuf>,
-}
+/// The generous deadline for anything a test waits for: long enough for a loaded 2-core CI
+/// machine, short enough that a hang fails instead of stalling CI.
+pub const PATIENCE: Duration = Duration::from_secs(30);
 
-impl TestSim {
-    pub async fn start(certs: &Certs, config: SimConfig, record: Option<PathBuf>) -> TestSim {
-        Self::start_on(certs, config, record, "127.0.0.1:0".parse().unwrap()).await
-    }
-
-    pub async fn start_on(certs: &Certs, config: SimConfig, record: Option<PathBuf>, tls_addr: SocketAddr) -> TestSim {
-        let acceptor = tokio_rustls::TlsAcceptor::from(
-            smsgate::tls::server_config(&certs.path("smsc.crt"), &certs.path("smsc.key"), &[]).unwrap(),
-        );
-        let listeners = SimListeners {
-            smpp: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            tls: Some((TcpListener::bind(tls_addr).await.unwrap(), acceptor)),
-            control: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let recorder = record.as_deref().map(|p| Recorder::create(p).unwrap());
-        let (stop, rx) = watch::channel(false);
-        let handle = Sim::start(config, listeners, recorder, rx);
-        TestSim { handle, stop, record }
-    }
-
-    pub fn tls_port(&self) -> u16 {
-        self.handle.tls_addr.unwrap().port()
-    }
-
-    pub fn stats(&self) -> Value {
-        self.handle.sim.stats_json()
-    }
-
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-        self.handle.sim.drop_all();
-    }
-}
-
-/// Gateway config text for one TLS carrier on `port`. Each line of `extra` sets a carrier key,
-/// replacing the default line for that key if there is one.
+/// Gateway config text for one TLS carrier ("sim") on `port`. Each line of `extra` sets a
+/// carrier key, replacing the default line for that key if there is one.
 pub fn config_text(data_dir: &Path, certs: &Certs, port: u16, extra: &str) -> String {
     let mut text = format!(
         r#"
@@ -129,108 +91,36 @@ response_timeout_secs = 3
     text
 }
 
-pub fn parse_config(text: &str) -> Config {
-    Config::from_toml(text, Path::new("test.toml"), Path::new("/")).unwrap()
+/// Config text with TLS carriers (name, port, extra carrier keys), `routes` (TOML) and extra
+/// top-level sections.
+pub fn carriers_config(
+    data: &Path,
+    certs: &Certs,
+    carriers: &[(&str, u16, &str)],
+    routes: &str,
+    sections: &str,
+) -> String {
+    let mut text = format!(
+        "data_dir = \"{}\"\n[crypto]\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[dispatch]\nretry_base_ms = 200\n{sections}\n",
+        data.display(),
+        certs.path("data.keys").display(),
+        certs.path("api.crt").display(),
+        certs.path("api.key").display(),
+    );
+    for (name, port, extra) in carriers {
+        text.push_str(&format!(
+            "[[carriers]]\nname = \"{name}\"\nhost = \"localhost\"\nport = {port}\ntls = true\nca_file = \"{}\"\nsystem_id = \"gw\"\nenquire_link_secs = 5\nresponse_timeout_secs = 3\n{extra}\n",
+            certs.path("smsc.crt").display()
+        ));
+    }
+    text + routes
 }
 
-/// A gateway with a key.
-pub struct TestGateway {
-    pub gateway: Gateway,
-    pub client: Client,
-}
-
-impl TestGateway {
-    pub async fn start(config: Config, certs: &Certs) -> TestGateway {
-        Self::start_with(config, certs, smsgate::faults::Faults::default()).await
-    }
-
-    /// With injected faults (the test build has them).
-    pub async fn start_with(config: Config, certs: &Certs, faults: smsgate::faults::Faults) -> TestGateway {
-        let gateway = Gateway::start_with(config, faults).await.unwrap();
-        let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
-        let (_, token) = admin.create("test", vec![Scope::Send, Scope::Read]).await.unwrap();
-        let client = Client::new(gateway.api_addr, &certs.path("api.crt"), Some(token));
-        TestGateway { gateway, client }
-    }
-
-    pub async fn key(&self, scopes: Vec<Scope>) -> String {
-        let admin = KeyAdmin { store: &self.gateway.store, ring: &self.gateway.keys };
-        admin.create("extra", scopes).await.unwrap().1
-    }
-}
-
-/// A minimal HTTPS client that trusts the test API certificate.
-#[derive(Clone)]
-pub struct Client {
-    pub addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-    pub token: Option<String>,
-}
-
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
-    pub json: Value,
-}
-
-impl Client {
-    pub fn new(addr: SocketAddr, ca: &Path, token: Option<String>) -> Client {
-        let tls = smsgate::tls::client_config(Some(ca), None).unwrap();
-        Client { addr, tls, token }
-    }
-
-    pub fn with_token(&self, token: Option<&str>) -> Client {
-        Client { token: token.map(String::from), ..self.clone() }
-    }
-
-    pub async fn raw(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = connector.connect(name, tcp).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        let mut req = Request::builder().method(method).uri(path).header("host", "localhost");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, headers, json }
-    }
-
-    pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.raw(Method::POST, path, &[("content-type", "application/json")], Bytes::from(body.to_string())).await
-    }
-
-    pub async fn get(&self, path: &str) -> Answer {
-        self.raw(Method::GET, path, &[], Bytes::new()).await
-    }
-
-    /// Polls a message until `pred` holds or `timeout` passes; returns the last view.
-    pub async fn wait_message(&self, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let a = self.get(&format!("/v1/messages/{id}")).await;
-            if pred(&a.json) || Instant::now() > deadline {
-                return a.json;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Waits until `f` is true or panics after `timeout`.
+/// Waits until `f` is true, or panics after `timeout` naming `what`.
 pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -248,6 +138,24 @@ where
     }
 }
 
+/// Says that a test did not run because `tool` is missing, on the terminal (past libtest's
+/// output capture, so the run shows it); or fails it when `SMSGATE_REQUIRE_<TOOL>=1` (CI).
+pub fn skip(tool: &str, why: &str) {
+    use std::io::Write;
+    let var = format!("SMSGATE_REQUIRE_{}", tool.to_ascii_uppercase().replace('-', "_"));
+    assert!(std::env::var(&var).as_deref() != Ok("1"), "{var}=1 but {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED ({tool} unavailable): {why}");
+}
+
+/// Whether `cmd --version` runs; skips (see [`skip`]) when it does not.
+pub fn have(tool: &str, cmd: &str) -> bool {
+    let ok = std::process::Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(tool, &format!("`{cmd}` is not installed"));
+    }
+    ok
+}
+
 /// Reads a simulator record file (either simulator's format).
 pub fn read_record(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -256,242 +164,6 @@ pub fn read_record(path: &Path) -> Vec<Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-/// A kept-alive HTTPS connection (HTTP/1.1) for load in tests.
-pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    token: Option<String>,
-}
-
-impl Client {
-    pub async fn connect(&self) -> std::io::Result<Conn> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = connector.connect(name, tcp).await?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-        tokio::spawn(conn);
-        Ok(Conn { sender, token: self.token.clone() })
-    }
-}
-
-impl Conn {
-    /// GETs a path; `Err` if the connection broke.
-    pub async fn get_json(&mut self, path: &str) -> Result<(StatusCode, Value), hyper::Error> {
-        self.sender.ready().await?;
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", "localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-    }
-
-    /// POSTs JSON; `Err` if the connection broke.
-    pub async fn post(&mut self, path: &str, body: &Value) -> Result<(StatusCode, Value), hyper::Error> {
-        self.sender.ready().await?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = self.sender.send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-    }
-}
-
-/// A simulator process (the node one when `node` is true and available, else the built-in
-/// `smsgate smsc-sim`), with its startup line and record file.
-pub struct SimProcess {
-    pub child: std::process::Child,
-    pub info: Value,
-    pub record: PathBuf,
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl SimProcess {
-    /// Starts the node simulator; `None` (with a SKIPPED line) when node is unavailable,
-    /// unless SMSGATE_REQUIRE_NODE=1.
-    pub fn node(certs: &Certs, args: &[&str]) -> Option<SimProcess> {
-        let dir = std::env::var_os("SMSC_SIM_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/smsc-sim"));
-        let node_ok = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-        if !node_ok || !dir.join("node_modules").is_dir() {
-            let why = format!("node or {}/node_modules is missing (run `npm ci` there)", dir.display());
-            assert!(std::env::var("SMSGATE_REQUIRE_NODE").as_deref() != Ok("1"), "SMSGATE_REQUIRE_NODE=1 but {why}");
-            eprintln!("SKIPPED: node simulator: {why}");
-            return None;
-        }
-        let mut cmd = std::process::Command::new("node");
-        cmd.arg(dir.join("sim.js"));
-        Some(Self::spawn(cmd, certs, args))
-    }
-
-    /// Starts the built-in simulator as a process (`smsgate smsc-sim`).
-    pub fn builtin(certs: &Certs, args: &[&str]) -> SimProcess {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"));
-        cmd.arg("smsc-sim");
-        Self::spawn(cmd, certs, args)
-    }
-
-    fn spawn(mut cmd: std::process::Command, certs: &Certs, args: &[&str]) -> SimProcess {
-        use std::io::BufRead;
-        let record = certs.path(&format!("sim-{}.jsonl", std::process::id() as u64 * 1000 + rand_suffix()));
-        cmd.args(["--port", "0", "--control-port", "0", "--tls-port", "0", "--dlr-delay-ms", "10"])
-            .arg("--cert")
-            .arg(certs.path("smsc.crt"))
-            .arg("--key")
-            .arg(certs.path("smsc.key"))
-            .arg("--record")
-            .arg(&record)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
-        let mut child = cmd.spawn().expect("spawn simulator");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("startup line: {line:?}"));
-        SimProcess { child, info, record }
-    }
-
-    pub fn tls_port(&self) -> u16 {
-        self.info["tls_port"].as_u64().unwrap() as u16
-    }
-
-    /// POSTs to the simulator's control interface (off the async runtime).
-    pub async fn control(&self, path: &str, body: Option<Value>) -> Value {
-        let url = format!("http://127.0.0.1:{}{path}", self.info["control_port"].as_u64().unwrap());
-        let out = tokio::task::spawn_blocking(move || {
-            let mut c = std::process::Command::new("curl");
-            c.args(["-s", "--max-time", "15"]);
-            if let Some(b) = body {
-                c.args(["-X", "POST", "-d", &b.to_string()]);
-            }
-            c.arg(url).output().unwrap()
-        })
-        .await
-        .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-
-    pub fn records(&self) -> Vec<Value> {
-        read_record(&self.record)
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The `smsgate serve` binary as a child process (killed with SIGKILL when dropped), with the
-/// addresses it printed on start.
-pub struct GatewayProcess {
-    pub child: std::process::Child,
-    pub api: SocketAddr,
-    pub metrics: SocketAddr,
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GatewayProcess {
-    /// Starts `smsgate serve --config CONFIG` (stderr appended to `log`, extra `env`) and
-    /// waits up to 60 s for its `listening` line; `Err` with the exit status if it ended first.
-    pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Result<GatewayProcess, std::process::ExitStatus> {
-        use std::io::BufRead;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn smsgate serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        match serde_json::from_str::<Value>(&line) {
-            Ok(info) => Ok(GatewayProcess {
-                api: info["api"].as_str().unwrap().parse().unwrap(),
-                metrics: info["metrics"].as_str().unwrap().parse().unwrap(),
-                child,
-            }),
-            Err(_) => {
-                let status = Self::wait(&mut child, Duration::from_secs(30)).expect("no listening line, yet running");
-                Err(status)
-            }
-        }
-    }
-
-    fn wait(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits up to `timeout` for the process to end on its own.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        Self::wait(&mut self.child, timeout)
-    }
-
-    /// A client for its API.
-    pub fn client(&self, certs: &Certs, token: &str) -> Client {
-        Client::new(self.api, &certs.path("api.crt"), Some(token.to_string()))
-    }
-}
-
-/// Writes `text` as a config file and creates an API key with `smsgate keys create`; returns
-/// (config path, token).
-pub fn config_file_with_key(certs: &Certs, text: &str) -> (PathBuf, String) {
-    let config = certs.path(&format!("smsgate-{}.toml", rand_suffix()));
-    std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
-        .args(["keys", "create", "--name", "test", "--scopes", "send,read", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let token = stdout.lines().find_map(|l| l.strip_prefix("token:")).unwrap().trim().to_string();
-    (config, token)
 }
 
 /// The `text` of every accepted submit_sm in a simulator record, with how often it came.
@@ -507,20 +179,72 @@ pub fn submitted_texts(record: &Path) -> std::collections::HashMap<String, usize
     counts
 }
 
-/// GETs `path` from a plain-HTTP listener (the metrics endpoint); the body as text.
-pub async fn http_text(addr: SocketAddr, path: &str) -> String {
-    let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder().uri(path).header("host", "localhost").body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
-    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
-}
-
 /// The value of one sample line (`name{labels} value`) in a Prometheus exposition, if present.
 pub fn metric(exposition: &str, name_and_labels: &str) -> Option<f64> {
     exposition.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// Waits until `/readyz` reports `binds` transmitting binds for `carrier`.
+pub async fn wait_ready(client: &Client, carrier: &str, binds: u64) {
+    until(PATIENCE, &format!("{carrier} to have {binds} bind(s)"), || async {
+        client.get("/readyz").await.json["carriers"][carrier]["transmitting_binds"] == binds
+    })
+    .await;
+}
+
+/// A number unique within this test process (file names).
+pub fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Reads the first line a child prints on stdout, waiting at most `timeout`.
+pub fn first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout).ok().filter(|l| !l.is_empty())
+}
+
+/// Waits up to `timeout` for a child to end.
+pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the `smsgate` binary with `args` (blocking, with a deadline); (status, stdout, stderr).
+pub fn smsgate(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, Duration::from_secs(120)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("smsgate {args:?} did not finish in 120 s")
+    });
+    (status, out.join().unwrap(), err.join().unwrap())
 }
