@@ -20,7 +20,7 @@ use crate::compliance::keywords::Keyword;
 use crate::compliance::registry;
 use crate::crypto::Sealed;
 use crate::live::Live;
-use crate::message::{Content, Message, MessageKind, Part, Status, now_ms};
+use crate::message::{Content, Message, MessageKind, Status, now_ms};
 use crate::metrics as m;
 use crate::phone::{E164, mask};
 use crate::queue::{Entry, Queues};
@@ -148,7 +148,6 @@ impl Inbound {
     ) -> Result<Message, crate::store::StoreError> {
         let seq = self.store.next_seq()?;
         let now = now_ms();
-        let analysis = text::analyze(&body);
         let mut route = vec![carrier.to_string()];
         for c in self.live.config().route(handset.as_str(), Some(our_address), None).unwrap_or_default() {
             if !route.contains(&c) {
@@ -156,34 +155,11 @@ impl Inbound {
             }
         }
         let from = (!our_address.is_empty()).then(|| our_address.to_string());
-        let mut msg = Message {
-            id: ulid::Ulid::new().to_string(),
-            key_id: "system".into(),
-            seq,
-            content: Content { to: handset.as_str().to_string(), from, body },
-            sealed: None,
-            purged_ms: None,
-            to_masked: String::new(),
-            webhook_body: false,
-            client_ref: None,
-            callback_url: None,
-            category: Some("system".into()),
-            kind: MessageKind::AutoReply,
-            recipient_tz: None,
-            flags: Vec::new(),
-            encoding: analysis.encoding,
-            segments: analysis.segments as u32,
-            created_ms: now,
-            due_ms: now,
-            expires_ms: now + 24 * 3600 * 1000,
-            status: Status::Queued,
-            route,
-            carrier: None,
-            parts: vec![Part::default(); analysis.segments],
-            attempts: 0,
-            error: None,
-            history: vec![crate::message::Event::new(Status::Queued, now, Some("auto_reply".into()))],
-        };
+        let content = Content { to: handset.as_str().to_string(), from, body };
+        let mut msg = Message::accepted("system", seq, content, route, now, now, 24 * 3600 * 1000);
+        msg.category = Some("system".into());
+        msg.kind = MessageKind::AutoReply;
+        msg.history = vec![crate::message::Event::new(Status::Queued, now, Some("auto_reply".into()))];
         msg.sealed = Some(crate::store::seal_content(&self.store.crypto(), &msg));
         Ok(msg)
     }

@@ -227,6 +227,50 @@ fn is_regular(k: &MessageKind) -> bool {
 }
 
 impl Message {
+    /// A newly accepted message: due at `due_ms` (queued, or scheduled when that is later
+    /// than `now_ms`), valid `validity_ms` from then, its encoding and parts counted from the
+    /// body. The optional fields (sender options, callback, category, …) start empty.
+    pub fn accepted(
+        key_id: &str,
+        seq: u64,
+        content: Content,
+        route: Vec<String>,
+        now_ms: u64,
+        due_ms: u64,
+        validity_ms: u64,
+    ) -> Message {
+        let analysis = crate::text::analyze(&content.body);
+        let status = if due_ms > now_ms { Status::Scheduled } else { Status::Queued };
+        Message {
+            id: ulid::Ulid::new().to_string(),
+            key_id: key_id.to_string(),
+            seq,
+            to_masked: crate::phone::mask(&content.to),
+            content,
+            sealed: None,
+            purged_ms: None,
+            webhook_body: false,
+            client_ref: None,
+            callback_url: None,
+            category: None,
+            kind: MessageKind::Regular,
+            recipient_tz: None,
+            flags: Vec::new(),
+            encoding: analysis.encoding,
+            segments: analysis.segments as u32,
+            created_ms: now_ms,
+            due_ms,
+            expires_ms: due_ms + validity_ms,
+            status,
+            route,
+            carrier: None,
+            parts: vec![Part::default(); analysis.segments],
+            attempts: 0,
+            error: None,
+            history: vec![Event::new(status, now_ms, None)],
+        }
+    }
+
     /// The carrier whose queue this message waits in: the first of its route.
     pub fn queue_carrier(&self) -> &str {
         self.route.first().map(String::as_str).unwrap_or("")

@@ -378,9 +378,25 @@ async fn a_tampered_audit_entry_is_named_by_audit_verify() {
     assert!(err.contains("line 4") && err.contains("seq 4") && err.contains("edited"), "{err}");
 }
 
-/// A local HTTPS webhook receiver that checks signatures; returns (port, received bodies).
-async fn receiver(certs: &Certs, secret: &'static [u8]) -> (u16, Arc<Mutex<Vec<(bool, Value)>>>) {
-    let got: Arc<Mutex<Vec<(bool, Value)>>> = Arc::default();
+/// One webhook POST as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Delivery {
+    path: String,
+    valid: bool,
+    body: Value,
+    event: String,
+    delivery: String,
+    content_type: String,
+    user_agent: String,
+    answered: u16,
+}
+
+type Deliveries = Arc<Mutex<Vec<Delivery>>>;
+
+/// A local HTTPS webhook receiver that checks signatures and records every POST; it answers
+/// 500 to the first `fail_first` requests and to every path under `/fail`, 200 otherwise.
+async fn receiver_failing(certs: &Certs, secret: &'static [u8], fail_first: usize) -> (u16, Deliveries) {
+    let got: Deliveries = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = tokio_rustls::TlsAcceptor::from(
@@ -397,19 +413,31 @@ async fn receiver(certs: &Certs, secret: &'static [u8]) -> (u16, Arc<Mutex<Vec<(
                     let sink = sink.clone();
                     async move {
                         use http_body_util::BodyExt;
-                        let sig = req
-                            .headers()
-                            .get("smsgate-signature")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
+                        let header =
+                            |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                        let (sig, event, delivery) =
+                            (header("smsgate-signature"), header("smsgate-event"), header("smsgate-delivery"));
+                        let (content_type, user_agent) = (header("content-type"), header("user-agent"));
+                        let path = req.uri().path().to_string();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let now = smsgate::message::now_ms() / 1000;
                         let valid = smsgate::webhooks::verify(secret, &sig, &body, now, 300);
-                        sink.lock().unwrap().push((valid, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
+                        let mut all = sink.lock().unwrap();
+                        let fail = path.starts_with("/fail") || all.len() < fail_first;
+                        let answered = if fail { 500 } else { 200 };
+                        all.push(Delivery {
+                            path,
+                            valid,
+                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                            event,
+                            delivery,
+                            content_type,
+                            user_agent,
+                            answered,
+                        });
+                        let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
+                        *r.status_mut() = StatusCode::from_u16(answered).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -419,6 +447,21 @@ async fn receiver(certs: &Certs, secret: &'static [u8]) -> (u16, Arc<Mutex<Vec<(
         }
     });
     (port, got)
+}
+
+/// A receiver that always answers 200: (port, (signature valid, body) of each POST).
+async fn receiver(certs: &Certs, secret: &'static [u8]) -> (u16, Arc<Mutex<Vec<(bool, Value)>>>) {
+    let (port, got) = receiver_failing(certs, secret, 0).await;
+    let view: Arc<Mutex<Vec<(bool, Value)>>> = Arc::default();
+    let v = view.clone();
+    tokio::spawn(async move {
+        loop {
+            let now: Vec<(bool, Value)> = got.lock().unwrap().iter().map(|d| (d.valid, d.body.clone())).collect();
+            *v.lock().unwrap() = now;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    (port, view)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,5 +791,65 @@ max_per_week = 2
         c.get("/v1/inbound").await.json["inbound"].as_array().is_some_and(|a| a.is_empty())
     })
     .await;
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_retried_with_their_headers_and_given_up_after_48_hours() {
+    let certs = Certs::new();
+    let secret: &'static [u8] = b"whsec-retry-0123456789";
+    std::fs::write(certs.path("webhook.secret"), secret).unwrap();
+    let (port, got) = receiver_failing(&certs, secret, 2).await;
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let sections = format!(
+        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\n",
+        certs.path("webhook.secret").display(),
+        certs.path("api.crt").display()
+    );
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), &sections).await;
+    let c = gw.client.with_token(Some(&key));
+    let hook = format!("https://localhost:{port}/status");
+    let a = send(&c, json!({"to": TO, "body": "retried hook", "callback_url": hook})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    // The first two POSTs get 500: each of those deliveries comes again (same delivery id,
+    // same payload, after a backoff) until it gets a 200.
+    let delivered = || got.lock().unwrap().iter().any(|d| d.answered == 200 && d.body["status"] == "delivered");
+    eventually(PATIENCE, "the delivered webhook answered 200", delivered).await;
+    let all = got.lock().unwrap().clone();
+    let mut by_delivery: std::collections::BTreeMap<String, Vec<&Delivery>> = Default::default();
+    for d in &all {
+        by_delivery.entry(d.delivery.clone()).or_default().push(d);
+    }
+    let mut retried = 0;
+    for (id, tries) in &by_delivery {
+        assert_eq!(tries.last().unwrap().answered, 200, "{id} ends accepted: {tries:?}");
+        assert!(tries.iter().all(|d| d.body == tries[0].body), "{id}: the same payload each time");
+        retried += usize::from(tries.len() > 1);
+    }
+    assert_eq!(retried, 2, "both failed deliveries were tried again: {all:?}");
+    for d in &all {
+        assert!(d.valid, "signed: {d:?}");
+        assert_eq!((d.event.as_str(), d.content_type.as_str()), ("status", "application/json"));
+        assert!(!d.delivery.is_empty() && d.user_agent.starts_with("smsgate"), "{d:?}");
+    }
+
+    // An entry older than 48 hours that fails again is given up (deleted, counted).
+    let crypto = gw.gateway.store.crypto();
+    let op =
+        smsgate::webhooks::outbox_op(&crypto, 0, &format!("https://localhost:{port}/fail"), &json!({"event": "old"}))
+            .unwrap();
+    let smsgate::store::Op::Put { key, value } = op else { panic!("an outbox put") };
+    let mut entry: smsgate::webhooks::OutboxEntry = serde_json::from_slice(&value).unwrap();
+    entry.created_ms = smsgate::message::now_ms() - 49 * 3_600_000;
+    let value = serde_json::to_vec(&entry).unwrap();
+    gw.gateway.store.commit(vec![smsgate::store::Op::Put { key: key.clone(), value }]).await.unwrap();
+    eventually(PATIENCE, "the old entry tried once more", || got.lock().unwrap().iter().any(|d| d.path == "/fail"))
+        .await;
+    until(PATIENCE, "the old entry abandoned", || async {
+        gw.gateway.store.get::<smsgate::webhooks::OutboxEntry>(&key).unwrap().is_none()
+    })
+    .await;
+    let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;
+    assert!(metric(&exposition, "smsgate_webhooks_total{result=\"abandoned\"}").unwrap_or(0.0) >= 1.0, "counted");
     gw.gateway.shutdown().await;
 }

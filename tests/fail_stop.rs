@@ -205,7 +205,8 @@ async fn a_full_disk_fails_stop_and_everything_is_delivered_once_space_returns()
     let mut gw = GatewayProcess::start(&config, &log, &[]).expect("starts");
     let client = gw.client(&certs, &token);
     let load = Load::start(&client, 4, "disk");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let accepted = load.accepted.clone();
+    eventually(PATIENCE, "load before the disk fills", || accepted.lock().unwrap().len() >= 200).await;
     let before_full = load.accepted.lock().unwrap().len();
     let filler = mount.dir.join("filler");
     let filled = tokio::task::spawn_blocking({

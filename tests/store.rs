@@ -1,43 +1,21 @@
 //! Store semantics on a real sled directory: atomic insert + queue entry, receipts that
 //! overtake their submit_sm_resp, multi-part aggregation, final states, and reopening.
 
-use smsgate::message::{Content, Event, Message, Part, Status};
+use smsgate::message::{Content, Message, Status};
 use smsgate::store::{Op, OpResult, ReceiptOutcome, Store, StoreOptions};
-use smsgate::text::Encoding;
 
 fn keys() -> std::sync::Arc<smsgate::crypto::Crypto> {
     std::sync::Arc::new(smsgate::crypto::Crypto::parse(&smsgate::crypto::Crypto::generate_file_text()).unwrap())
 }
 
 fn message(id: &str, seq: u64, parts: usize) -> Message {
-    Message {
-        id: id.into(),
-        key_id: "k".into(),
-        seq,
-        content: Content { to: "+14155550123".into(), from: None, body: "hello".into() },
-        sealed: None,
-        purged_ms: None,
-        to_masked: String::new(),
-        webhook_body: false,
-        client_ref: None,
-        callback_url: None,
-        category: None,
-        kind: Default::default(),
-        recipient_tz: None,
-        flags: Vec::new(),
-        encoding: Encoding::Gsm7,
-        segments: parts as u32,
-        created_ms: 1,
-        due_ms: 10,
-        expires_ms: u64::MAX,
-        status: Status::Queued,
-        route: vec!["c".into()],
-        carrier: None,
-        parts: vec![Part::default(); parts],
-        attempts: 0,
-        error: None,
-        history: vec![Event::new(Status::Queued, 1, None)],
-    }
+    // A body long enough for `parts` GSM parts (153 characters each after the UDH).
+    let body = if parts <= 1 { "hello".to_string() } else { "x".repeat(153 * parts) };
+    let content = Content { to: "+14155550123".into(), from: None, body };
+    let mut msg = Message::accepted("k", seq, content, vec!["c".into()], 1, 10, u64::MAX - 10);
+    assert_eq!(msg.parts.len(), parts);
+    msg.id = id.into();
+    msg
 }
 
 fn delivered() -> ReceiptOutcome {

@@ -230,38 +230,11 @@ fn user_data(s: &str, wire: Wire, options: &SubmitOptions, udh: &[u8]) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Content, Status};
+    use crate::message::Content;
 
     fn message(body: &str) -> Message {
-        let a = text::analyze(body);
-        Message {
-            id: "01TEST".into(),
-            key_id: "k".into(),
-            seq: 0x1234,
-            content: Content { to: "+14155550123".into(), from: Some("CLINIC".into()), body: body.into() },
-            sealed: None,
-            purged_ms: None,
-            to_masked: String::new(),
-            webhook_body: false,
-            client_ref: None,
-            callback_url: None,
-            category: None,
-            kind: Default::default(),
-            recipient_tz: None,
-            flags: Vec::new(),
-            encoding: a.encoding,
-            segments: a.segments as u32,
-            created_ms: 0,
-            due_ms: 0,
-            expires_ms: 3_600_000,
-            status: Status::Queued,
-            route: vec!["c".into()],
-            carrier: None,
-            parts: vec![],
-            attempts: 0,
-            error: None,
-            history: vec![],
-        }
+        let content = Content { to: "+14155550123".into(), from: Some("CLINIC".into()), body: body.into() };
+        Message::accepted("k", 0x1234, content, vec!["c".into()], 0, 0, 3_600_000)
     }
 
     fn opts(long: LongMessages) -> SubmitOptions {

@@ -123,6 +123,14 @@ impl Client {
         self.raw(Method::DELETE, path, &[], Bytes::new()).await
     }
 
+    /// Sends `bodies` to `to` in one batch, all of which must be accepted; their ids in order.
+    pub async fn send_batch(&self, to: &str, bodies: &[String]) -> Vec<String> {
+        let messages: Vec<Value> = bodies.iter().map(|b| serde_json::json!({"to": to, "body": b})).collect();
+        let a = self.post("/v1/messages/batch", &serde_json::json!({ "messages": messages })).await;
+        assert_eq!((a.status, a.json["accepted"].as_u64()), (StatusCode::OK, Some(bodies.len() as u64)), "{}", a.json);
+        a.json["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+    }
+
     /// Polls a message until `pred` holds or `timeout` passes; returns the last view.
     pub async fn wait_message(&self, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
