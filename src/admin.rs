@@ -240,7 +240,13 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
         }
         AdminRequest::KeysList => Ok(AdminResponse::Keys { keys: ring.list() }),
         AdminRequest::KeysSetPolicy { id, content_action, webhook_url, webhook_include_body } => admin
-            .set_policy(&id, content_action.as_deref(), webhook_url.as_deref(), webhook_include_body)
+            .set_policy(
+                &id,
+                content_action.as_deref(),
+                webhook_url.as_deref(),
+                webhook_include_body,
+                &config.webhooks.policy().unwrap_or_default(),
+            )
             .await
             .map(|key| AdminResponse::Updated { key }),
         AdminRequest::RotateDataKey

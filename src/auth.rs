@@ -313,13 +313,15 @@ impl KeyAdmin<'_> {
         Ok(key)
     }
 
-    /// Sets a key's content-rule action (`reject`, `flag`, `default`) and webhook settings.
+    /// Sets a key's content-rule action (`reject`, `flag`, `default`) and webhook settings; a
+    /// webhook URL must pass `policy` (the receiver address rules).
     pub async fn set_policy(
         &self,
         id: &str,
         content_action: Option<&str>,
         webhook_url: Option<&str>,
         include_body: Option<bool>,
+        policy: &crate::webhooks::TargetPolicy,
     ) -> Result<ApiKey, KeyAdminError> {
         let mut key = self.ring.get(id).ok_or_else(|| KeyAdminError::NotFound(id.to_string()))?;
         match content_action {
@@ -334,14 +336,10 @@ impl KeyAdmin<'_> {
         match webhook_url {
             None => {}
             Some("none") => key.webhook_url = None,
-            Some(url)
-                if url.starts_with("https://")
-                    || url.starts_with("http://127.0.0.1")
-                    || url.starts_with("http://localhost") =>
-            {
-                key.webhook_url = Some(url.to_string())
-            }
-            Some(_) => return Err(KeyAdminError::Invalid("webhook URL: https:// only (http:// to localhost)".into())),
+            Some(url) => match policy.check(url) {
+                Ok(_) => key.webhook_url = Some(url.to_string()),
+                Err(e) => return Err(KeyAdminError::Invalid(format!("webhook URL: {e}"))),
+            },
         }
         if let Some(b) = include_body {
             key.webhook_include_body = b;

@@ -126,10 +126,61 @@ pub struct ApiConfig {
     /// Longest accepted message body, in characters.
     #[serde(default = "default_max_body_chars")]
     pub max_body_chars: usize,
+    /// Open connections at most; one more is closed at once (and counted).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds for the TLS handshake and each request's header (also the longest an idle
+    /// HTTP/1.1 keep-alive connection stays open).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds for a request's whole body.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// An HTTP/2 connection with no request and no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds between HTTP/2 keep-alive pings.
+    #[serde(default = "default_http2_keepalive")]
+    pub http2_keepalive_secs: u64,
+    /// MiB of request bodies held at once across all connections; more waits.
+    #[serde(default = "default_body_budget_mb")]
+    pub body_budget_mb: usize,
 }
 
 fn default_max_body_chars() -> usize {
     1600
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_header_read_timeout() -> u64 {
+    10
+}
+fn default_body_read_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+fn default_http2_keepalive() -> u64 {
+    30
+}
+fn default_body_budget_mb() -> usize {
+    64
+}
+
+impl ApiConfig {
+    /// The connection and body limits these settings make.
+    pub fn limits(&self) -> crate::api::edge::Limits {
+        crate::api::edge::Limits {
+            header_read: Duration::from_secs(self.header_read_timeout_secs),
+            body_read: Duration::from_secs(self.body_read_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
+            h2_keepalive: Duration::from_secs(self.http2_keepalive_secs),
+            max_connections: self.max_connections,
+            body_budget: self.body_budget_mb << 20,
+        }
+    }
 }
 
 /// `[metrics]`
@@ -482,9 +533,18 @@ pub struct WebhooksConfig {
     pub inbound_url: Option<String>,
     /// PEM CAs to trust for webhook receivers (else the Mozilla roots).
     pub ca_file: Option<PathBuf>,
+    /// Networks (CIDR) or addresses a receiver may be at beyond the public internet:
+    /// loopback, private, link-local (cloud metadata) addresses are refused unless listed.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
 }
 
 impl WebhooksConfig {
+    /// The receiver address policy these settings make.
+    pub fn policy(&self) -> Result<crate::webhooks::TargetPolicy, String> {
+        crate::webhooks::TargetPolicy::new(&self.allow_networks)
+    }
+
     /// The signing secret, if configured.
     pub fn secret(&self) -> Result<Option<Secret>, String> {
         match (&self.secret_file, &self.secret_env) {
@@ -847,6 +907,21 @@ impl Config {
                 p.push("api.tls_cert and api.tls_key are both required (or plaintext = true behind a TLS proxy)".into())
             }
         }
+        for (key, value) in [
+            ("api.max_connections", api.max_connections as u64),
+            ("api.header_read_timeout_secs", api.header_read_timeout_secs),
+            ("api.body_read_timeout_secs", api.body_read_timeout_secs),
+            ("api.idle_timeout_secs", api.idle_timeout_secs),
+            ("api.http2_keepalive_secs", api.http2_keepalive_secs),
+            ("api.body_budget_mb", api.body_budget_mb as u64),
+        ] {
+            if value == 0 {
+                p.push(format!("{key}: must be at least 1"));
+            }
+        }
+        if api.body_budget_mb > 4095 {
+            p.push("api.body_budget_mb: at most 4095".into());
+        }
         if let Err(e) = self.crypto.load() {
             p.push(format!("crypto: {e}"));
         }
@@ -989,12 +1064,15 @@ impl Config {
         if let Err(e) = self.webhooks.secret() {
             p.push(format!("webhooks: {e}"));
         }
-        if let Some(url) = &self.webhooks.inbound_url
-            && !(url.starts_with("https://")
-                || url.starts_with("http://127.0.0.1")
-                || url.starts_with("http://localhost"))
-        {
-            p.push("webhooks.inbound_url: https:// only (http:// to localhost for tests)".into());
+        match self.webhooks.policy() {
+            Err(e) => p.push(format!("webhooks.allow_networks: {e}")),
+            Ok(policy) => {
+                if let Some(url) = &self.webhooks.inbound_url
+                    && let Err(e) = policy.check(url)
+                {
+                    p.push(format!("webhooks.inbound_url: {e}"));
+                }
+            }
         }
         if self.webhooks.inbound_url.is_some()
             && self.webhooks.secret_file.is_none()

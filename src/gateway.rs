@@ -206,13 +206,17 @@ impl Gateway {
             claims,
             disk_free_bytes: AtomicU64::new(disk_free(&config.data_dir)),
             audit: audit.clone(),
+            edge: api::edge::Edge::new(config.api.limits()),
         });
         match config.webhooks.secret() {
             Ok(Some(secret)) => {
                 let tls = tls::client_config(config.webhooks.ca_file.as_deref(), None)?;
-                let (store, stop) = (store.clone(), shutdown_rx.clone());
+                let policy =
+                    Arc::new(config.webhooks.policy().map_err(|e| StartError::Crypto(format!("webhooks: {e}")))?);
+                let deliverer = crate::webhooks::Deliverer { store: store.clone(), secret, tls, policy };
+                let stop = shutdown_rx.clone();
                 tasks.push(supervise("webhooks", shutdown_rx.clone(), move || {
-                    crate::webhooks::run(store.clone(), secret.clone(), tls.clone(), stop.clone())
+                    crate::webhooks::run(deliverer.clone(), stop.clone())
                 }));
             }
             Ok(None) => {}

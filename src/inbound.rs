@@ -262,7 +262,7 @@ impl Inbound {
         if let Some(url) = &self.live.config().webhooks.inbound_url {
             let payload = json!({"event": "inbound", "seq": seq, "carrier": carrier, "from": content.from, "to": content.to,
                                  "body": content.body, "kind": kind, "received_at": crate::message::rfc3339(now)});
-            ops.push(crate::webhooks::outbox_op(&crypto, self.store.next_seq()?, url, &payload)?);
+            ops.push(crate::store::outbox::inbound_op(&crypto, url, &payload)?);
         }
         self.store.commit(ops).await?;
         if let Some(r) = reply_msg

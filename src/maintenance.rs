@@ -60,7 +60,9 @@ pub async fn pass(store: &Store, retention: &RetentionConfig, now: u64) -> Resul
     let mut report = PassReport::default();
     messages(store, retention, now, &mut report).await?;
     inbound(store, retention, now, &mut report).await?;
-    for prefix in [crate::compliance::registry::OPTOUT, crate::compliance::registry::CONSENT, crate::webhooks::OUTBOX] {
+    for prefix in
+        [crate::compliance::registry::OPTOUT, crate::compliance::registry::CONSENT, crate::store::outbox::OUTBOX]
+    {
         reseal_prefix(store, prefix, &mut report).await?;
     }
     Ok(report)
@@ -178,7 +180,13 @@ async fn reseal_prefix(store: &Store, prefix: &[u8], report: &mut PassReport) ->
     let crypto = store.crypto();
     let mut ops = Vec::new();
     for (key, mut v) in store.scan_with_keys::<Value>(prefix)? {
-        if reseal_fields(&crypto, &key, &mut v) {
+        // Outbox payloads are bound to their entry's id, not to the key (which moves with
+        // each retry).
+        let bound = match crate::store::outbox::id_of(&key).filter(|_| prefix == crate::store::outbox::OUTBOX) {
+            Some(id) => crate::store::outbox::aad(&id),
+            None => key.clone(),
+        };
+        if reseal_fields(&crypto, &bound, &mut v) {
             ops.push(Op::Put { value: crate::store::encode(&key, &v)?, key });
             report.resealed += 1;
         }

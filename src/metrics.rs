@@ -62,6 +62,11 @@ pub const STORE_QUARANTINED: &str = "smsgate_store_quarantined_total";
 pub const TASK_RESTARTS: &str = "smsgate_task_restarts_total";
 /// `store_failed`: 1 once a write failed (the process is about to exit).
 pub const STORE_FAILED: &str = "smsgate_store_failed";
+/// `api_connections`: API connections open now.
+pub const API_CONNECTIONS: &str = "smsgate_api_connections";
+/// `api_connections_refused_total`: connections closed at once because `api.max_connections`
+/// were open.
+pub const API_CONNECTIONS_REFUSED: &str = "smsgate_api_connections_refused_total";
 /// `store_commit_seconds`
 pub const STORE_COMMIT: &str = "smsgate_store_commit_seconds";
 /// `store_commit_batch_size`
@@ -137,6 +142,18 @@ fn describe() {
     describe_counter!(STORE_QUARANTINED, "Records that could not be decoded and were set aside under z/");
     describe_counter!(TASK_RESTARTS, "Long-lived tasks restarted after a panic");
     describe_gauge!(STORE_FAILED, "1 once a store write failed (fail-stop: the process exits)");
+    describe_gauge!(API_CONNECTIONS, "API connections open now");
+    describe_counter!(API_CONNECTIONS_REFUSED, "API connections refused at api.max_connections");
+}
+
+/// API connections open now.
+pub fn api_connections(n: usize) {
+    gauge!(API_CONNECTIONS).set(n as f64);
+}
+
+/// An API connection refused at the cap.
+pub fn api_connection_refused() {
+    counter!(API_CONNECTIONS_REFUSED).increment(1);
 }
 
 /// A record set aside.

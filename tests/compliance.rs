@@ -272,7 +272,7 @@ deny_terms = ["HIV", "chlamydia"]
     // An admin can switch a key to flag: accepted, counted, audited.
     let admin = smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys };
     let key_id = key.split('_').nth(1).unwrap();
-    admin.set_policy(key_id, Some("flag"), None, None).await.unwrap();
+    admin.set_policy(key_id, Some("flag"), None, None, &Default::default()).await.unwrap();
     let f = send(&c, json!({"to": TO, "body": "Your HIV result is in", "recipient_timezone": day})).await;
     assert_eq!(f.status, StatusCode::ACCEPTED);
     gw.gateway.shutdown().await;
@@ -472,7 +472,7 @@ async fn signed_webhooks_for_status_and_inbound() {
     let (port, got) = receiver(&certs, secret).await;
     let sim = TestSim::start(&certs, SimConfig::default(), None).await;
     let sections = format!(
-        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\ninbound_url = \"https://localhost:{port}/inbound\"\n",
+        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\ninbound_url = \"https://localhost:{port}/inbound\"\nallow_networks = [\"127.0.0.0/8\"]\n",
         certs.path("webhook.secret").display(),
         certs.path("api.crt").display()
     );
@@ -497,7 +497,8 @@ async fn signed_webhooks_for_status_and_inbound() {
     }
     // A key that allows bodies gets them.
     let admin = smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys };
-    admin.set_policy(key.split('_').nth(1).unwrap(), None, Some(&hook), Some(true)).await.unwrap();
+    let loopback = smsgate::webhooks::TargetPolicy::new(&["127.0.0.0/8".into()]).unwrap();
+    admin.set_policy(key.split('_').nth(1).unwrap(), None, Some(&hook), Some(true), &loopback).await.unwrap();
     let b = send(&c, json!({"to": TO, "body": "Body allowed"})).await;
     let id = b.json["id"].as_str().unwrap().to_string();
     eventually(PATIENCE, "a webhook with the body", || {
@@ -802,7 +803,7 @@ async fn webhooks_are_retried_with_their_headers_and_given_up_after_48_hours() {
     let (port, got) = receiver_failing(&certs, secret, 2).await;
     let sim = TestSim::start(&certs, SimConfig::default(), None).await;
     let sections = format!(
-        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\n",
+        "[webhooks]\nsecret_file = \"{}\"\nca_file = \"{}\"\nallow_networks = [\"127.0.0.0/8\"]\n",
         certs.path("webhook.secret").display(),
         certs.path("api.crt").display()
     );
@@ -835,18 +836,17 @@ async fn webhooks_are_retried_with_their_headers_and_given_up_after_48_hours() {
 
     // An entry older than 48 hours that fails again is given up (deleted, counted).
     let crypto = gw.gateway.store.crypto();
-    let op =
-        smsgate::webhooks::outbox_op(&crypto, 0, &format!("https://localhost:{port}/fail"), &json!({"event": "old"}))
-            .unwrap();
+    let url = format!("https://localhost:{port}/fail");
+    let op = smsgate::store::outbox::inbound_op(&crypto, &url, &json!({"event": "old"})).unwrap();
     let smsgate::store::Op::Put { key, value } = op else { panic!("an outbox put") };
-    let mut entry: smsgate::webhooks::OutboxEntry = serde_json::from_slice(&value).unwrap();
+    let mut entry: smsgate::store::outbox::OutboxEntry = serde_json::from_slice(&value).unwrap();
     entry.created_ms = smsgate::message::now_ms() - 49 * 3_600_000;
     let value = serde_json::to_vec(&entry).unwrap();
     gw.gateway.store.commit(vec![smsgate::store::Op::Put { key: key.clone(), value }]).await.unwrap();
     eventually(PATIENCE, "the old entry tried once more", || got.lock().unwrap().iter().any(|d| d.path == "/fail"))
         .await;
     until(PATIENCE, "the old entry abandoned", || async {
-        gw.gateway.store.get::<smsgate::webhooks::OutboxEntry>(&key).unwrap().is_none()
+        gw.gateway.store.get::<smsgate::store::outbox::OutboxEntry>(&key).unwrap().is_none()
     })
     .await;
     let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;

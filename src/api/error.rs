@@ -82,6 +82,11 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the body did not arrive within the read deadline.
+    pub fn timeout() -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "The request body did not arrive in time.")
+    }
+
     /// 415 `unsupported_media_type`.
     pub fn unsupported_media_type() -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Send the body as application/json.")

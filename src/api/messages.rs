@@ -3,15 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode, header};
+use hyper::{StatusCode, header};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{
-    AppState, Handled, MAX_BATCH_BYTES, MAX_BODY_BYTES, authorize, json_response, message_view, read_json, send,
-    store_error,
-};
+use super::{ApiRequest, AppState, Handled, authorize, json_body, json_response, message_view, send, store_error};
 use crate::auth::{Principal, Scope};
 use crate::compliance::Rejection;
 use crate::message::{Message, Status, now_ms};
@@ -30,7 +26,7 @@ fn refuse_when_stopping(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+fn idempotency_key(req: &ApiRequest) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
     let key = v.to_str().ok().filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
     key.map(|k| Some(k.to_string())).ok_or_else(|| {
@@ -76,11 +72,17 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     if msg.callback_url.is_none() {
         msg.callback_url = principal.webhook_url.clone();
     }
-    if msg.callback_url.is_some() && config.webhooks.secret_file.is_none() && config.webhooks.secret_env.is_none() {
-        return Err(ApiError::invalid(
-            "callback_url",
-            "Webhooks are not configured on this gateway (no signing secret).",
-        ));
+    if let Some(url) = &msg.callback_url {
+        if config.webhooks.secret_file.is_none() && config.webhooks.secret_env.is_none() {
+            return Err(ApiError::invalid(
+                "callback_url",
+                "Webhooks are not configured on this gateway (no signing secret).",
+            ));
+        }
+        let policy = config.webhooks.policy().unwrap_or_default();
+        if let Err(e) = policy.check(url) {
+            return Err(ApiError::invalid("callback_url", format!("'callback_url' is refused: {e}.")));
+        }
     }
     msg.webhook_body = principal.webhook_include_body;
     let crypto = state.store.crypto();
@@ -268,6 +270,37 @@ async fn accept(
     }
 }
 
+/// The messages of a batch body `{"messages": [...]}`, each as raw JSON text borrowed from
+/// the body.
+fn batch_envelope(req: &ApiRequest) -> Result<Vec<&serde_json::value::RawValue>, ApiError> {
+    use serde_json::value::RawValue;
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
+    {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let envelope: std::collections::BTreeMap<&str, &RawValue> = match serde_json::from_slice(req.body()) {
+        Ok(e) => e,
+        Err(e) if e.is_data() => {
+            return Err(ApiError::invalid("messages", "The body must be an object: {\"messages\": [...]}."));
+        }
+        Err(e) => return Err(ApiError::malformed_json(e)),
+    };
+    if let Some(unknown) = envelope.keys().find(|k| **k != "messages") {
+        return Err(ApiError::unknown_field(unknown));
+    }
+    let raw = envelope.get("messages").ok_or_else(|| ApiError::missing("messages"))?;
+    let items: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| ApiError::invalid("messages", "'messages' must be an array."))?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("'messages' holds 1 to {MAX_BATCH} messages; this one has {}.", items.len()),
+        ));
+    }
+    Ok(items)
+}
+
 /// Looks for an earlier answer to the same key before doing any work. What sled shows may
 /// be applied but not yet fsynced, so the replay waits for the writer to make it durable: a
 /// retry is never answered before the request it repeats.
@@ -284,12 +317,12 @@ async fn early_replay(state: &AppState, principal: &Principal, key: &Option<Stri
 }
 
 /// `POST /v1/messages`
-pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
+pub async fn send(state: &AppState, req: ApiRequest) -> Handled {
     let principal = authorize(state, &req, Scope::Send)?;
     refuse_when_stopping(state)?;
     let idem = idempotency_key(&req)?;
-    let (bytes, value) = read_json(req, MAX_BODY_BYTES).await?;
-    let hash = body_hash(&idem, &bytes);
+    let value = json_body(&req)?;
+    let hash = body_hash(&idem, req.body());
     if let Some(answer) = early_replay(state, &principal, &idem, &hash).await {
         return answer;
     }
@@ -307,37 +340,30 @@ pub async fn send(state: &AppState, req: Request<Incoming>) -> Handled {
 
 /// `POST /v1/messages/batch`: `{"messages": [...]}`, up to 1000; answers 200 with one result per
 /// item, in order; the accepted ones are stored in one commit.
-pub async fn send_batch(state: &AppState, req: Request<Incoming>) -> Handled {
+pub async fn send_batch(state: &AppState, req: ApiRequest) -> Handled {
     let principal = authorize(state, &req, Scope::Send)?;
     refuse_when_stopping(state)?;
     let idem = idempotency_key(&req)?;
-    let (bytes, value) = read_json(req, MAX_BATCH_BYTES).await?;
-    let hash = body_hash(&idem, &bytes);
+    // The envelope is read without building a tree of the whole body: each message stays raw
+    // text until its turn (a 4 MiB body would be tens of MiB as a `Value`).
+    let items = batch_envelope(&req)?;
+    let hash = body_hash(&idem, req.body());
     if let Some(answer) = early_replay(state, &principal, &idem, &hash).await {
         return answer;
-    }
-    let Value::Object(envelope) = &value else {
-        return Err(ApiError::invalid("messages", "The body must be an object: {\"messages\": [...]}."));
-    };
-    if let Some(unknown) = envelope.keys().find(|k| k.as_str() != "messages") {
-        return Err(ApiError::unknown_field(unknown));
-    }
-    let items = match envelope.get("messages") {
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(ApiError::invalid("messages", "'messages' must be an array.")),
-        None => return Err(ApiError::missing("messages")),
-    };
-    if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(ApiError::invalid(
-            "messages",
-            format!("'messages' holds 1 to {MAX_BATCH} messages; this one has {}.", items.len()),
-        ));
     }
     let mut results = Vec::with_capacity(items.len());
     let mut accepted = Vec::new();
     let mut quotas = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        match prepare(state, &principal, item) {
+    for (index, raw) in items.iter().enumerate() {
+        let item: Value = match serde_json::from_str(raw.get()) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = ApiError::malformed_json(e);
+                results.push(json!({"index": index, "error": {"code": e.code, "message": e.message}}));
+                continue;
+            }
+        };
+        match prepare(state, &principal, &item) {
             Ok((msg, q)) => {
                 let mut r = accepted_view(&msg);
                 r["index"] = json!(index);
@@ -379,7 +405,7 @@ fn owned_message(state: &AppState, principal: &Principal, id: &str) -> Result<Me
 }
 
 /// `GET /v1/messages/{id}`
-pub fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
+pub fn get(state: &AppState, req: &ApiRequest, id: &str) -> Handled {
     let principal = authorize(state, req, Scope::Read)?;
     let msg = owned_message(state, &principal, id)?;
     let mut r = json_response(StatusCode::OK, &message_view(&msg));
@@ -388,7 +414,7 @@ pub fn get(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
 }
 
 /// `DELETE /v1/messages/{id}`: cancels a message no part of which has left for the carrier.
-pub async fn cancel(state: &AppState, req: &Request<Incoming>, id: &str) -> Handled {
+pub async fn cancel(state: &AppState, req: &ApiRequest, id: &str) -> Handled {
     let principal = authorize(state, req, Scope::Send)?;
     owned_message(state, &principal, id)?;
     let submitted = || {

@@ -1,6 +1,7 @@
 //! The HTTPS API: hyper 1 (HTTP/1.1 and HTTP/2 by ALPN) behind tokio-rustls, routing,
 //! authentication, and the JSON handlers.
 
+pub mod edge;
 pub mod error;
 mod messages;
 mod registry;
@@ -13,12 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,6 +59,8 @@ pub struct AppState {
     pub disk_free_bytes: std::sync::atomic::AtomicU64,
     /// The audit trail.
     pub audit: crate::audit::Audit,
+    /// Connection and body limits.
+    pub edge: edge::Edge,
 }
 
 /// What a request acted on, for its audit entry (set by handlers as a response extension).
@@ -74,6 +76,9 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> 
     r
 }
 
+/// A request with its whole body (read under the edge's limits before any handler runs).
+pub type ApiRequest = Request<Bytes>;
+
 /// Serves the API on `listener` until `shutdown` turns true, then lets open requests finish
 /// (up to `grace`).
 pub async fn serve(
@@ -83,9 +88,18 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let limits = state.edge.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read).keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(200u32);
+    let builder = Arc::new(builder);
     let hsts = tls.is_some();
+    let (stop_tx, stop_rx) = watch::channel(false);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -99,16 +113,22 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let Some(place) = state.edge.admit() else {
+            m::api_connection_refused();
+            drop(tcp);
+            continue;
+        };
+        m::api_connections(state.edge.open_connections());
         let _ = tcp.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let (state, builder, tls, stop) = (state.clone(), builder.clone(), tls.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req, hsts));
+            let conn = edge::ConnState::new();
+            let c = conn.clone();
+            let s = state.clone();
+            let service = hyper::service::service_fn(move |req| handle(s.clone(), c.clone(), req, hsts));
             match tls {
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    let stream = match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             debug!(%peer, error = %e, "TLS handshake failed");
@@ -116,36 +136,141 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let io = TokioIo::new(edge::ActivityIo::new(stream, conn.clone()));
+                    run_connection(builder.serve_connection(io, service), &conn, limits.idle, stop).await;
                 }
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    let io = TokioIo::new(edge::ActivityIo::new(tcp, conn.clone()));
+                    run_connection(builder.serve_connection(io, service), &conn, limits.idle, stop).await;
                 }
             }
+            drop(place);
+            m::api_connections(state.edge.open_connections());
         });
     }
     info!("API stopped accepting connections; finishing open requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        warn!("some API connections were still open after the grace period");
+    let _ = stop_tx.send(true);
+    let started = tokio::time::Instant::now();
+    while state.edge.open_connections() > 0 {
+        if started.elapsed() > grace {
+            warn!(open = state.edge.open_connections(), "some API connections were still open after the grace period");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>, hsts: bool) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Drives one connection; ends it gracefully (in-flight requests finish) when the gateway
+/// stops, when a handler asked for it, or when it stays idle.
+async fn run_connection<C>(conn: C, state: &edge::ConnState, idle: Duration, mut stop: watch::Receiver<bool>)
+where
+    C: std::future::Future + GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed(), if !closing => {
+                conn.as_mut().shutdown_gracefully();
+                closing = true;
+            }
+            _ = state.closed(), if !closing => {
+                conn.as_mut().shutdown_gracefully();
+                closing = true;
+            }
+            _ = tick.tick(), if !closing => {
+                if state.is_idle(idle) {
+                    conn.as_mut().shutdown_gracefully();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// hyper-util's connection types, seen through the one method the loop above needs.
+trait GracefulConnection {
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulConnection for hyper_util::server::conn::auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// The most a route's body may be.
+fn body_limit(path: &str) -> usize {
+    if path.trim_end_matches('/') == "/v1/messages/batch" { MAX_BATCH_BYTES } else { MAX_BODY_BYTES }
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    conn: Arc<edge::ConnState>,
+    req: Request<Incoming>,
+    hsts: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let _in_flight = conn.request();
     let started = Instant::now();
+    let version = req.version();
     // Who is calling, for the audit entry (the handler authorizes on its own).
-    let actor = req
+    let caller = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|h| match state.keys.authenticate(Some(h)) {
-            Ok(p) => format!("key:{}", p.key_id),
-            Err(_) => "invalid-key".to_string(),
-        })
-        .unwrap_or_else(|| "anonymous".to_string());
+        .map(|h| state.keys.authenticate(Some(h)).map(|p| p.key_id));
+    let actor = match &caller {
+        Some(Ok(id)) => format!("key:{id}"),
+        Some(Err(_)) => "invalid-key".to_string(),
+        None => "anonymous".to_string(),
+    };
     let method = req.method().clone();
-    let (route, result) = route(&state, req).await;
+    let (parts, body) = req.into_parts();
+    // The body is read before any answer, so that every client reads its answer; without a
+    // valid key it is only drained (never held), with one it waits for room in the budget.
+    let limit = body_limit(parts.uri.path());
+    let deadline = tokio::time::Instant::now() + state.edge.limits.body_read;
+    let authenticated = matches!(caller, Some(Ok(_)));
+    let hint = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(limit)
+        .min(limit);
+    let room = if authenticated && hint > 0 { state.edge.reserve(hint, deadline).await } else { None };
+    let read = if authenticated && hint > 0 && room.is_none() {
+        Err(ApiError::unavailable("busy", "The gateway is receiving too much at once; retry shortly.", 1))
+    } else {
+        edge::read_body(body, limit, authenticated, deadline).await.map_err(|e| match e {
+            edge::BodyError::TooLarge { close } => {
+                if close {
+                    conn.close_after_response();
+                }
+                ApiError::too_large(limit)
+            }
+            edge::BodyError::Timeout => {
+                conn.close_after_response();
+                ApiError::timeout()
+            }
+            edge::BodyError::Broken => ApiError::malformed_json("the body could not be read"),
+        })
+    };
+    let (route, result) = match read {
+        Ok(bytes) => route(&state, Request::from_parts(parts, bytes)).await,
+        Err(e) => ("other", Err(e)),
+    };
+    drop(room);
     let mut response = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -157,10 +282,14 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, hsts: bool) -> Res
                 .detail(json!({"method": method.as_str()})),
         );
     }
+    let headers = response.headers_mut();
     if hsts {
-        response
-            .headers_mut()
-            .insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, header::HeaderValue::from_static("max-age=31536000"));
+    }
+    // Answers carry message data: no cache on the way may keep them.
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if conn.closing() && version < hyper::Version::HTTP_2 {
+        headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
     m::api_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
     Ok(response)
@@ -168,7 +297,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, hsts: bool) -> Res
 
 type Handled = Result<Response<Full<Bytes>>, ApiError>;
 
-async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Handled) {
+async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
@@ -218,7 +347,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Handl
 }
 
 /// Authenticates, checks the scope, and counts the request against the key's rate.
-fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<Principal, ApiError> {
+fn authorize(state: &AppState, req: &ApiRequest, scope: Scope) -> Result<Principal, ApiError> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = state.keys.authenticate(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
     if !principal.has(scope) {
@@ -240,29 +369,19 @@ fn authorize(state: &AppState, req: &Request<Incoming>, scope: Scope) -> Result<
     Ok(principal)
 }
 
-/// Reads the whole body (at most `limit` bytes) and parses it as JSON; returns both.
-async fn read_json(req: Request<Incoming>, limit: usize) -> Result<(Bytes, Value), ApiError> {
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(ApiError::too_large(limit));
-    }
+/// The body as JSON: it must say `application/json` if it says anything, and parse.
+fn json_body(req: &ApiRequest) -> Result<Value, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
         && !ct.trim_start().to_ascii_lowercase().starts_with("application/json")
     {
         return Err(ApiError::unsupported_media_type());
     }
-    let collected = Limited::new(req.into_body(), limit).collect().await;
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(ApiError::too_large(limit));
-        }
-        Err(_) => return Err(ApiError::malformed_json("the body could not be read")),
-    };
-    let value = serde_json::from_slice(&bytes).map_err(ApiError::malformed_json)?;
-    Ok((bytes, value))
+    serde_json::from_slice(req.body()).map_err(ApiError::malformed_json)
+}
+
+/// An optional JSON body: `None` when there is none at all.
+fn optional_json_body(req: &ApiRequest) -> Result<Option<Value>, ApiError> {
+    if req.body().iter().all(u8::is_ascii_whitespace) { Ok(None) } else { json_body(req).map(Some) }
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {

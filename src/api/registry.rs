@@ -1,11 +1,12 @@
 //! `/v1/opt-outs`, `/v1/consents` and `/v1/inbound`.
 
-use hyper::body::Incoming;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{AppState, AuditTarget, Handled, MAX_BODY_BYTES, authorize, json_response, read_json, store_error};
+use super::{
+    ApiRequest, AppState, AuditTarget, Handled, authorize, json_body, json_response, optional_json_body, store_error,
+};
 use crate::audit::Event;
 use crate::auth::{Principal, Scope};
 use crate::compliance::registry::{self, GLOBAL, OptOutEntry};
@@ -48,7 +49,7 @@ fn with_target(
 }
 
 /// `GET /v1/opt-outs/{e164}`: the number's opt-outs (all scopes).
-pub fn get_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+pub fn get_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     authorize(state, req, Scope::Optouts)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
@@ -69,7 +70,7 @@ pub fn get_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handl
 /// `GET /v1/opt-outs?after=CURSOR&limit=N`: the registry, ordered by number, then scope. The
 /// cursor (`next`) is `NUMBER:SCOPE` of the last entry, so that a number with several scopes
 /// is never split across pages and skipped.
-pub fn list_optouts(state: &AppState, req: &Request<Incoming>) -> Handled {
+pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
     authorize(state, req, Scope::Optouts)?;
     let q = query(req);
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
@@ -92,14 +93,24 @@ pub fn list_optouts(state: &AppState, req: &Request<Incoming>) -> Handled {
 }
 
 /// `PUT /v1/opt-outs/{e164}` `{"scope": "global" | "<sender id>"}`: records an opt-out.
-pub async fn put_optout(state: &AppState, req: Request<Incoming>, raw: &str) -> Handled {
+pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, &req, Scope::Optouts)?;
     let n = number(raw)?;
-    let (_, body) = read_json(req, MAX_BODY_BYTES).await.unwrap_or_else(|_| (bytes::Bytes::new(), json!({})));
-    let scope = match body.get("scope").and_then(Value::as_str) {
-        None | Some("global") => GLOBAL.to_string(),
-        Some(s) if !s.is_empty() && s.len() <= 15 => s.to_string(),
-        Some(_) => return Err(ApiError::invalid("scope", "'scope' is \"global\" or a sender id.")),
+    // No body: a global opt-out. A body that is there must be what it says it is.
+    let scope = match optional_json_body(&req)? {
+        None => GLOBAL.to_string(),
+        Some(Value::Object(body)) => {
+            if let Some(unknown) = body.keys().find(|k| k.as_str() != "scope") {
+                return Err(ApiError::unknown_field(unknown));
+            }
+            match body.get("scope") {
+                None => GLOBAL.to_string(),
+                Some(Value::String(s)) if s == "global" => GLOBAL.to_string(),
+                Some(Value::String(s)) if !s.is_empty() && s.len() <= 15 && s != GLOBAL => s.clone(),
+                Some(_) => return Err(ApiError::invalid("scope", "'scope' is \"global\" or a sender id (a string).")),
+            }
+        }
+        Some(_) => return Err(ApiError::invalid("scope", "The body must be an object: {\"scope\": \"global\"}.")),
     };
     let crypto = state.store.crypto();
     let (op, entry) = registry::optout_op(
@@ -127,7 +138,7 @@ pub async fn put_optout(state: &AppState, req: Request<Incoming>, raw: &str) -> 
 }
 
 /// `DELETE /v1/opt-outs/{e164}?scope=…`: removes opt-outs (all scopes unless given).
-pub async fn delete_optout(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+pub async fn delete_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, req, Scope::Optouts)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
@@ -150,10 +161,10 @@ pub async fn delete_optout(state: &AppState, req: &Request<Incoming>, raw: &str)
 }
 
 /// `PUT /v1/consents/{e164}` `{"source": "…", "consented_at": "RFC 3339"}`.
-pub async fn put_consent(state: &AppState, req: Request<Incoming>, raw: &str) -> Handled {
+pub async fn put_consent(state: &AppState, req: ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, &req, Scope::Optouts)?;
     let n = number(raw)?;
-    let (_, body) = read_json(req, MAX_BODY_BYTES).await?;
+    let body = json_body(&req)?;
     let source = body
         .get("source")
         .and_then(Value::as_str)
@@ -183,7 +194,7 @@ pub async fn put_consent(state: &AppState, req: Request<Incoming>, raw: &str) ->
 }
 
 /// `DELETE /v1/consents/{e164}`.
-pub async fn delete_consent(state: &AppState, req: &Request<Incoming>, raw: &str) -> Handled {
+pub async fn delete_consent(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, req, Scope::Optouts)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
@@ -196,7 +207,7 @@ pub async fn delete_consent(state: &AppState, req: &Request<Incoming>, raw: &str
 }
 
 /// `GET /v1/inbound?after=CURSOR&limit=N`: inbound texts, oldest first.
-pub fn list_inbound(state: &AppState, req: &Request<Incoming>) -> Handled {
+pub fn list_inbound(state: &AppState, req: &ApiRequest) -> Handled {
     authorize(state, req, Scope::Read)?;
     let q = query(req);
     let after = match q.get("after") {
@@ -231,7 +242,7 @@ pub fn list_inbound(state: &AppState, req: &Request<Incoming>) -> Handled {
 
 /// The query string's parameters, percent-decoded (`%2B` is `+`; a bare `+` stays a `+`, as
 /// numbers are written).
-fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
+fn query(req: &ApiRequest) -> std::collections::HashMap<String, String> {
     req.uri()
         .query()
         .unwrap_or("")

@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod layout;
+pub mod outbox;
 mod writer;
 
 use std::fs::File;
@@ -574,6 +575,27 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Values with keys in `start..end`, in key order, at most `limit` (undecodable ones set
+    /// aside).
+    pub fn range<T: serde::de::DeserializeOwned>(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.range(start..end) {
+            let (k, v) = item?;
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(value) = self.decode_or_quarantine(&k, &v) {
+                out.push((k.to_vec(), value));
+            }
+        }
+        Ok(out)
     }
 
     /// A raw u64 counter (0 when absent).

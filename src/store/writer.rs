@@ -559,7 +559,7 @@ impl<'a> WriteSet<'a> {
             // Status changes of messages with a webhook go to the outbox in this same batch
             // (not the passing `submitting` of a long message between its parts).
             if m.status != Status::Submitting
-                && let Some(Ok(Op::Put { key, value })) = crate::webhooks::status_op(crypto, m)
+                && let Some(Ok(Op::Put { key, value })) = super::outbox::status_op(crypto, m)
             {
                 outbox.push((key, value));
             }
