@@ -47,6 +47,8 @@ async fn gateway_with(certs: &Certs, port: u16, extra_sections: &str) -> (TestGa
     let text = config_text(data.path(), certs, port, "default_source = \"12345\"") + extra_sections;
     let gw = TestGateway::start(parse_config(&text), certs).await;
     let key = gw.key(vec![Scope::Send, Scope::Read, Scope::Optouts]).await;
+    // Bound before a test injects a handset's text (the SMSC needs a session to send it on).
+    wait_ready(&gw.client, "sim", 1).await;
     (gw, data, key)
 }
 
@@ -378,75 +380,10 @@ async fn a_tampered_audit_entry_is_named_by_audit_verify() {
     assert!(err.contains("line 4") && err.contains("seq 4") && err.contains("edited"), "{err}");
 }
 
-/// One webhook POST as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Delivery {
-    path: String,
-    valid: bool,
-    body: Value,
-    event: String,
-    delivery: String,
-    content_type: String,
-    user_agent: String,
-    answered: u16,
-}
-
-type Deliveries = Arc<Mutex<Vec<Delivery>>>;
-
-/// A local HTTPS webhook receiver that checks signatures and records every POST; it answers
-/// 500 to the first `fail_first` requests and to every path under `/fail`, 200 otherwise.
+/// A receiver that answers 500 to the first `fail_first` POSTs: (port, what it got).
 async fn receiver_failing(certs: &Certs, secret: &'static [u8], fail_first: usize) -> (u16, Deliveries) {
-    let got: Deliveries = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(
-        smsgate::tls::server_config(&certs.path("api.crt"), &certs.path("api.key"), &[b"http/1.1"]).unwrap(),
-    );
-    let sink = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let (acceptor, sink) = (acceptor.clone(), sink.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        use http_body_util::BodyExt;
-                        let header =
-                            |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                        let (sig, event, delivery) =
-                            (header("smsgate-signature"), header("smsgate-event"), header("smsgate-delivery"));
-                        let (content_type, user_agent) = (header("content-type"), header("user-agent"));
-                        let path = req.uri().path().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let now = smsgate::message::now_ms() / 1000;
-                        let valid = smsgate::webhooks::verify(secret, &sig, &body, now, 300);
-                        let mut all = sink.lock().unwrap();
-                        let fail = path.starts_with("/fail") || all.len() < fail_first;
-                        let answered = if fail { 500 } else { 200 };
-                        all.push(Delivery {
-                            path,
-                            valid,
-                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                            event,
-                            delivery,
-                            content_type,
-                            user_agent,
-                            answered,
-                        });
-                        let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::from_static(b"ok")));
-                        *r.status_mut() = StatusCode::from_u16(answered).unwrap();
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    (port, got)
+    let r = Receiver::start(certs, secret, fail_first).await;
+    (r.port, r.got)
 }
 
 /// A receiver that always answers 200: (port, (signature valid, body) of each POST).

@@ -5,6 +5,7 @@
 
 mod client;
 mod gateway;
+mod receiver;
 mod sim;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 pub use client::{Answer, Client, Conn, http_text};
 pub use gateway::{GatewayProcess, TestGateway, config_file_with_key, parse_config};
+pub use receiver::{Deliveries, Delivery, Receiver};
 pub use sim::{Kind, Reserved, SimProcess, TestSim};
 
 /// A temp dir with self-signed certificates for the API and the SMSC, and a data key file.
@@ -225,6 +227,16 @@ pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<s
     }
 }
 
+/// Reads a child's output to its end on a thread of its own (so that two pipes never block
+/// each other).
+fn read_all(mut r: Box<dyn std::io::Read + Send>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
 /// Runs the `smsgate` binary with `args` (blocking, with a deadline); (status, stdout, stderr).
 pub fn smsgate(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smsgate"))
@@ -233,18 +245,55 @@ pub fn smsgate(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String, 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let read = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = read(Box::new(child.stdout.take().unwrap()));
-    let err = read(Box::new(child.stderr.take().unwrap()));
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
     let status = wait_exit(&mut child, Duration::from_secs(120)).unwrap_or_else(|| {
         let _ = child.kill();
         panic!("smsgate {args:?} did not finish in 120 s")
     });
     (status, out.join().unwrap(), err.join().unwrap())
+}
+
+/// Runs the calling test again, as a child process, inside a new network namespace that has
+/// only a loopback interface (no route to any other host) and `hosts` as its `/etc/hosts`.
+/// Returns true in that child (run the test's body there) and false in the parent, after the
+/// child passed. Tests that hand the gateway URLs it must refuse run this way, so that a URL
+/// wrongly accepted cannot reach a real host. Needs root (CI is); otherwise skipped
+/// (`SMSGATE_REQUIRE_NETNS=1` makes that a failure).
+pub fn isolated(test: &str, hosts: &str) -> bool {
+    if std::env::var("SMSGATE_ISOLATED").as_deref() == Ok("1") {
+        return true;
+    }
+    let probe = std::process::Command::new("unshare").args(["--net", "--mount", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        skip("netns", "`unshare --net --mount` is not permitted here (needs root)");
+        return false;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let hosts_file = dir.path().join("hosts");
+    std::fs::write(&hosts_file, format!("127.0.0.1 localhost\n::1 localhost\n{hosts}\n")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new("unshare")
+        .args(["--net", "--mount", "--", "sh", "-c"])
+        .arg(r#"ip link set lo up && mount --bind "$HOSTS_FILE" /etc/hosts && exec "$@""#)
+        .arg("sh")
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("SMSGATE_ISOLATED", "1")
+        .env("HOSTS_FILE", &hosts_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = wait_exit(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{test} in its network namespace did not finish in 300 s")
+    });
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    print!("{stdout}");
+    assert!(status.success(), "{test} failed in its network namespace:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{test} did not run in its network namespace:\n{stdout}");
+    false
 }
