@@ -63,7 +63,7 @@ pub enum AdminRequest {
         /// Whether webhooks may carry the body.
         webhook_include_body: Option<bool>,
     },
-    /// Add a data key to the key file, switch to it, and re-seal everything in the background.
+    /// Re-read the key file, switch to its newest data key, and re-seal everything stored.
     RotateDataKey,
     /// Every opt-out, numbers in clear, for CSV export.
     OptOutsExport,
@@ -259,22 +259,15 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
     result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
 }
 
-/// Appends a data key to the key file, switches the store to it and re-seals in the background.
+/// Re-reads the key file (the CLI has appended a data key to it: the service itself only
+/// reads the file), switches the store to its newest data key and re-seals.
 async fn rotate(store: &Store, config: &Config) -> AdminResponse {
     let Some(path) = config.crypto.key_file.as_ref() else {
         return AdminResponse::Error {
             message: "keys come from an environment variable: add a key line there and restart".into(),
         };
     };
-    let line = store.crypto().next_key_line();
-    let appended = (|| -> Result<crate::crypto::Crypto, String> {
-        use std::io::Write;
-        let mut f =
-            std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        writeln!(f, "{line}").and_then(|_| f.sync_all()).map_err(|e| e.to_string())?;
-        crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string())
-    })();
-    match appended {
+    match crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string()) {
         Ok(crypto) => {
             let key_id = crypto.current_key().to_string();
             store.set_crypto(crypto);
@@ -345,9 +338,15 @@ pub fn serve(
                 return;
             }
         };
+        // The data directory (0700) already keeps others out; the socket's own mode must hold
+        // too, or it is not offered at all.
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+                tracing::error!(error = %e, path = %path.display(), "cannot make the admin socket private; not serving it");
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
         }
         loop {
             let stream = tokio::select! {

@@ -148,10 +148,14 @@ impl Audit {
         let path = log_path(data_dir);
         let io = |e| AuditError::Io(path.clone(), e);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::fsutil::private_dir(dir).map_err(io)?;
         }
         let (seq, prev) = recover_tail(&path).map_err(io)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(io)?
+        };
+        crate::fsutil::make_private(&path, 0o600).map_err(io)?;
         let (tx, rx) = std_mpsc::sync_channel(65_536);
         std::thread::Builder::new()
             .name("audit-writer".into())

@@ -148,11 +148,14 @@ pub enum KeysCommand {
         #[arg(long)]
         webhook_include_body: Option<bool>,
     },
-    /// Add a data key, seal new data with it and re-seal the stored data in the background.
+    /// Append a data key to the key file (run it as a user who may write the file); the
+    /// server then seals new data with it and re-seals what is stored.
     RotateDataKey,
-    /// Write a new data key file (refuses to overwrite).
+    /// Write a new data key file, mode 0600 (refuses to overwrite). Then give it to the
+    /// service's group: `chown root:smsgate FILE && chmod 0640 FILE`. smsgate refuses a key
+    /// file every user can read or anyone but its owner can change.
     InitDataKeys {
-        /// Where (mode 0600; keep it outside the data directory).
+        /// Where (keep it outside the data directory).
         #[arg(long)]
         out: PathBuf,
     },
@@ -299,6 +302,10 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn run(command: Command) -> Result<()> {
+    // Every verb may hold numbers, bodies or keys in memory: none of it goes into a core file.
+    if let Err(e) = crate::fsutil::disable_core_dumps() {
+        eprintln!("warning: could not turn off core dumps: {e}");
+    }
     match command {
         Command::Demo(args) => crate::demo::run(args.config.as_deref()).await,
         Command::Serve(args) => serve(&args.config).await,
@@ -520,7 +527,8 @@ fn init_data_keys(out: &Path) -> Result<()> {
     crate::fsutil::write_private(out, crate::crypto::Crypto::generate_file_text().as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "wrote {} (mode 0600). Back it up apart from the data: without it nothing stored can be read.",
+        "wrote {} (mode 0600). For the service: chown root:smsgate and chmod 0640 it. Back it up apart \
+         from the data: without it nothing stored can be read.",
         out.display()
     );
     Ok(())
@@ -542,7 +550,14 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
         KeysCommand::SetPolicy { id, content_action, webhook_url, webhook_include_body } => {
             AdminRequest::KeysSetPolicy { id, content_action, webhook_url, webhook_include_body }
         }
-        KeysCommand::RotateDataKey => AdminRequest::RotateDataKey,
+        KeysCommand::RotateDataKey => {
+            // The operator's command writes the key file; the service only reads it.
+            let path = config.crypto.key_file.as_ref().context("rotate-data-key needs [crypto] key_file")?;
+            let id = crate::crypto::Crypto::append_key(path)
+                .with_context(|| format!("adding a key to {}", path.display()))?;
+            eprintln!("added data key {id} to {}", path.display());
+            AdminRequest::RotateDataKey
+        }
         KeysCommand::InitDataKeys { .. } => bail!("init-data-keys needs no config"),
         KeysCommand::List => AdminRequest::KeysList,
         KeysCommand::Revoke { id } => AdminRequest::KeysRevoke { id },
@@ -671,9 +686,16 @@ async fn quarantine_list(config_path: &Path) -> Result<()> {
 
 fn restore(file: &Path, config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
-    let (records, files) = crate::store::backup::restore(file, &config.data_dir)
+    let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
+    let r = crate::store::backup::restore(file, &config.data_dir, &crypto.backup_key())
         .with_context(|| format!("restoring {} into {}", file.display(), config.data_dir.display()))?;
-    println!("restored {records} records and {files} file(s) into {}", config.data_dir.display());
+    if !r.authenticated {
+        eprintln!(
+            "warning: {} is a version 1 backup (a checksum, not a keyed MAC): it shows no damage, but could have been altered",
+            file.display()
+        );
+    }
+    println!("restored {} records and {} file(s) into {}", r.records, r.files, config.data_dir.display());
     Ok(())
 }
 

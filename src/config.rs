@@ -304,9 +304,10 @@ pub struct ComplianceConfig {
     /// Reply to HELP.
     #[serde(default = "default_help_reply")]
     pub help_reply: String,
-    /// At most one HELP reply per number per this many seconds.
-    #[serde(default = "default_help_interval")]
-    pub help_reply_interval_secs: u64,
+    /// At most one HELP reply and one START reply per number per this many seconds (a
+    /// handset or a loop of autoresponders cannot make us send without end).
+    #[serde(default = "default_help_interval", alias = "help_reply_interval_secs")]
+    pub keyword_reply_interval_secs: u64,
     /// Quiet hours in the recipient's local time.
     pub quiet_hours: Option<QuietHoursConfig>,
     /// Per-category frequency and length policies (FCC 15-72 healthcare exemption).
@@ -368,7 +369,7 @@ impl Default for ComplianceConfig {
             optout_reply: default_optout_reply(),
             optin_reply: default_optin_reply(),
             help_reply: default_help_reply(),
-            help_reply_interval_secs: default_help_interval(),
+            keyword_reply_interval_secs: default_help_interval(),
             quiet_hours: None,
             category_policies: Vec::new(),
             content: ContentConfig::default(),
@@ -1185,7 +1186,8 @@ system_id = "gw"
         static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         PATH.get_or_init(|| {
             let path = std::env::temp_dir().join(format!("smsgate-config-test-{}.keys", std::process::id()));
-            std::fs::write(&path, crate::crypto::Crypto::generate_file_text()).expect("temp key file");
+            crate::fsutil::write_private(&path, crate::crypto::Crypto::generate_file_text().as_bytes())
+                .expect("temp key file");
             path.display().to_string()
         })
     }

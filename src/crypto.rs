@@ -104,10 +104,24 @@ impl Crypto {
         })
     }
 
-    /// Loads keys from a file (which should be mode 0600 and outside the data directory).
+    /// Loads keys from a file outside the data directory; refuses one that others can read
+    /// or anyone but its owner can change (see `fsutil::check_secret_file`).
     pub fn from_file(path: &Path) -> Result<Crypto, CryptoError> {
+        if let Some(warning) = crate::fsutil::check_secret_file(path).map_err(CryptoError::Keys)? {
+            tracing::warn!("{warning}");
+        }
         let text = std::fs::read_to_string(path).map_err(|e| CryptoError::Keys(format!("{}: {e}", path.display())))?;
         Crypto::parse(&text)
+    }
+
+    /// Appends a fresh data key to the key file at `path` (fsynced) and returns its id.
+    pub fn append_key(path: &Path) -> Result<String, CryptoError> {
+        use std::io::Write;
+        let fail = |e: std::io::Error| CryptoError::Keys(format!("{}: {e}", path.display()));
+        let line = Crypto::from_file(path)?.next_key_line();
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(fail)?;
+        writeln!(f, "{line}").and_then(|_| f.sync_all()).map_err(fail)?;
+        Ok(line.split(' ').next().unwrap_or_default().to_string())
     }
 
     /// Text of a new key file: an index key and one data key.
@@ -177,6 +191,12 @@ impl Crypto {
     /// The blind index of a number (or any identifier): hex HMAC-SHA256 under the index key.
     pub fn blind_index(&self, value: &str) -> String {
         hex(hmac::sign(&self.index, value.as_bytes()).as_ref())
+    }
+
+    /// The key that authenticates backups: derived from the index key (which never changes),
+    /// so a backup made before a data-key rotation still verifies after it.
+    pub fn backup_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&self.index, b"smsgate backup MAC v2").as_ref())
     }
 
     /// Whether `sealed` was made with an older key (for background re-sealing).

@@ -229,10 +229,12 @@ impl Inbound {
                 let scope = compliance.optout_scope(&content.to);
                 ops.push(Op::Delete { key: registry::optout_key(&scope, &idx) });
                 ops.push(registry::consent_op(&crypto, &content.from, "keyword:START", now, &actor, now)?);
-                reply = compliance.reply(&keyword, &content.to);
+                if compliance.reply_allowed("optin", &idx, now) {
+                    reply = compliance.reply(&keyword, &content.to);
+                }
             }
             Keyword::Help(_) => {
-                if compliance.help_allowed(&idx, now) {
+                if compliance.reply_allowed("help", &idx, now) {
                     reply = compliance.reply(&keyword, &content.to);
                 }
             }

@@ -29,6 +29,8 @@ pub const QUEUE_DEPTH: &str = "smsgate_queue_depth";
 pub const SMPP_BINDS: &str = "smsgate_smpp_binds";
 /// `smpp_throttled_total{carrier}`
 pub const SMPP_THROTTLED: &str = "smsgate_smpp_throttled_total";
+/// `smpp_inbound_throttled_total{carrier}`
+pub const SMPP_INBOUND_THROTTLED: &str = "smsgate_smpp_inbound_throttled_total";
 /// `smpp_window_in_use{carrier}`
 pub const SMPP_WINDOW_IN_USE: &str = "smsgate_smpp_window_in_use";
 /// `smpp_generic_nack_total{carrier,direction}`: malformed or unknown PDUs.
@@ -124,6 +126,10 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Messages waiting to be submitted");
     describe_gauge!(SMPP_BINDS, "SMPP sessions by state");
     describe_counter!(SMPP_THROTTLED, "submit_sm answered with ESME_RTHROTTLED or ESME_RMSGQFUL");
+    describe_counter!(
+        SMPP_INBOUND_THROTTLED,
+        "deliver_sm answered with ESME_RTHROTTLED because the bind already had its cap of them in progress"
+    );
     describe_gauge!(SMPP_WINDOW_IN_USE, "Outstanding submit_sm across a carrier's binds");
     describe_counter!(SMPP_GENERIC_NACK, "generic_nack sent (direction=sent) or received");
     describe_counter!(RECEIPTS, "Delivery receipts by correlation result");
@@ -217,6 +223,11 @@ pub fn bind_state(carrier: &str, state: &'static str, delta: f64) {
 /// Throttling answer from a carrier.
 pub fn throttled(carrier: &str) {
     counter!(SMPP_THROTTLED, "carrier" => carrier.to_string()).increment(1);
+}
+
+/// A `deliver_sm` turned away: too many in progress on its bind.
+pub fn inbound_throttled(carrier: &str) {
+    counter!(SMPP_INBOUND_THROTTLED, "carrier" => carrier.to_string()).increment(1);
 }
 
 /// Window occupancy change.

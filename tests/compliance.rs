@@ -140,6 +140,26 @@ async fn reasonable_opt_outs_and_rate_limited_help() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_replies_are_rate_limited_like_help() {
+    let certs = Certs::new();
+    let Some(sim) = SimProcess::node(&certs, &[]) else { return };
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), "").await;
+    let c = gw.client.with_token(Some(&key));
+    mo(&sim, "START").await;
+    mo(&sim, "start").await;
+    mo(&sim, "unstop").await;
+    // The opt-out confirmation comes after whatever the three STARTs produced.
+    mo(&sim, "STOP").await;
+    handset_gets(&sim, "unsubscribed").await;
+    let confirmations = texts_to_handset(&sim).iter().filter(|t| t.contains("subscribed again")).count();
+    assert_eq!(confirmations, 1, "START replies are rate-limited per number");
+    let inbound = c.get("/v1/inbound").await.json;
+    let kinds: Vec<&str> = inbound["inbound"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["optin", "optin", "optin", "optout"], "every START is still recorded: {inbound}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_and_consent_api() {
     let certs = Certs::new();
     let sim = TestSim::start(&certs, SimConfig::default(), None).await;
@@ -186,6 +206,20 @@ async fn registry_and_consent_api() {
     assert_eq!(gw.client.get("/v1/opt-outs").await.status, StatusCode::FORBIDDEN);
     let bad = c.raw(Method::PUT, "/v1/opt-outs/not-a-number", &[], Bytes::new()).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // A body that does not say what it means is refused, never taken for a global opt-out.
+    let json_type = [("content-type", "application/json")];
+    for (headers, body, code) in [
+        (&json_type[..], "{\"scope\": ", "malformed_json"),
+        (&json_type[..], "{\"scpoe\": \"12345\"}", "unknown_field"),
+        (&json_type[..], "{\"scope\": 12345}", "invalid_field"),
+        (&json_type[..], "[\"global\"]", "invalid_field"),
+        (&[("content-type", "text/plain")][..], "scope=12345", "unsupported_media_type"),
+    ] {
+        let r = c.raw(Method::PUT, "/v1/opt-outs/%2B14155550188", headers, Bytes::from(body)).await;
+        assert_eq!(r.json["error"]["code"], code, "{body}: {}", r.json);
+        assert!(r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    }
+    assert_eq!(c.get("/v1/opt-outs/%2B14155550188").await.status, StatusCode::NOT_FOUND, "nothing recorded");
     gw.gateway.shutdown().await;
 }
 

@@ -280,8 +280,14 @@ async fn backup_while_serving_then_restore_finds_everything() {
     load.await.unwrap();
     gw.signal("TERM");
     assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "written 0600");
+    }
+    let mac_key = smsgate::crypto::Crypto::from_file(&certs.path("data.keys")).unwrap().backup_key();
     let audit_lines_in_backup = {
-        let c = smsgate::store::backup::read(&out).unwrap();
+        let c = smsgate::store::backup::read(&out, &mac_key).unwrap();
+        assert!(c.authenticated);
         let audit = c.files.iter().find(|(n, _)| n == "audit/audit.jsonl").expect("audit log in the backup");
         String::from_utf8_lossy(&audit.1).lines().count()
     };
@@ -307,12 +313,17 @@ async fn backup_while_serving_then_restore_finds_everything() {
     assert_eq!(optouts.len(), 1);
     assert_eq!(optouts[0].0, "+14155550199");
     gateway.shutdown().await;
+    // Other data keys cannot vouch for it (nor make one that passes).
+    let other_keys = smsgate::crypto::Crypto::parse(&smsgate::crypto::Crypto::generate_file_text()).unwrap();
+    let e = smsgate::store::backup::read(&out, &other_keys.backup_key()).unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
     // A damaged backup is refused.
     let mut bytes = std::fs::read(&out).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;
     std::fs::write(&out, bytes).unwrap();
-    assert!(smsgate::store::backup::read(&out).unwrap_err().to_string().contains("checksum"));
+    let e = smsgate::store::backup::read(&out, &mac_key).unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
 }
 
 #[test]
@@ -410,4 +421,67 @@ async fn keys_are_managed_through_the_admin_socket_while_serving() {
     assert_eq!(client.post("/v1/messages", &body).await.status, StatusCode::UNAUTHORIZED);
     let audit = std::fs::read_to_string(smsgate::audit::log_path(data.path())).unwrap();
     assert!(audit.contains("admin.keys_create") && audit.contains("admin.keys_revoke"), "admin actions are audited");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_private_from_the_start_and_the_process_dumps_no_core() {
+    let certs = Certs::new();
+    let sim = SimProcess::builtin(&certs, &[]);
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("lib/smsgate");
+    let keys = certs.path("data.keys");
+    let text = config_text(&data, &certs, sim.tls_port(), "");
+    // A key file every user can read, or others can change, is refused before anything starts.
+    let bare = certs.path("bare.toml");
+    std::fs::write(&bare, &text).unwrap();
+    for (loose, says) in [(0o644, "readable by every user"), (0o620, "other than its owner")] {
+        chmod(&keys, loose);
+        for verb in ["check-config", "serve"] {
+            let (status, _, stderr) = smsgate(&[verb.as_ref(), "--config".as_ref(), bare.as_os_str()]);
+            assert!(!status.success(), "{verb} with a {loose:04o} key file");
+            assert!(stderr.contains(says) && stderr.contains("data.keys"), "{verb}: {stderr}");
+        }
+    }
+    assert!(!data.exists(), "nothing created");
+    chmod(&keys, 0o600);
+    let (config, token) = config_file_with_key(&certs, &text);
+    // Created private, whatever the umask (the CLI created it here, for the key).
+    assert_eq!((mode(&data), mode(&root.path().join("lib"))), (0o700, 0o700));
+    // A data directory someone loosened is tightened at start.
+    chmod(&data, 0o755);
+    // Group-readable by a group the service is not in: starts, with a warning (only root can
+    // give a file to another group).
+    let foreign_group = std::os::unix::fs::chown(&keys, None, Some(54_321)).is_ok();
+    if foreign_group {
+        chmod(&keys, 0o640);
+    } else {
+        skip("root", "chown to a foreign group needs root");
+    }
+    let mut gw = start(&config, certs.path("private.log"), None);
+    ready(&gw.client(&certs, &token)).await;
+    assert_eq!(mode(&data), 0o700, "tightened");
+    assert_eq!(mode(&data.join("audit")), 0o700);
+    assert_eq!(mode(&smsgate::audit::log_path(&data)), 0o600);
+    assert_eq!(mode(&data.join("admin.sock")), 0o600);
+    let log = gw.log_text();
+    assert!(log.contains("tightened permissions"), "{log}");
+    if foreign_group {
+        assert!(log.contains("not this process's group"), "{log}");
+    }
+    // No core file, ever: the limit is 0 (and the process is not dumpable).
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
+    gw.signal("TERM");
+    assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
 }

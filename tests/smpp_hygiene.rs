@@ -311,3 +311,48 @@ async fn a_receipt_the_store_cannot_take_is_refused_with_syserr() {
     assert_eq!((resp.command_id, resp.seq, resp.status), (0x8000_0005, 91, status::SYSTEM_ERROR));
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_deliver_sm_is_throttled_past_the_per_bind_cap() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let faults = smsgate::faults::Faults::default();
+    let (_certs, gw, _data) = gateway_with(&listener, "", "", faults.clone()).await;
+    let mut peer = Peer::accept(&listener).await;
+    // The store stalls: every inbound text waits for its commit.
+    faults.hold_commits(true);
+    let cap = smsgate::smpp::session::INBOUND_IN_FLIGHT as u32;
+    let sent = cap + 36;
+    for seq in 1..=sent {
+        let mo = ShortMessage {
+            source: pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
+            short_message: Bytes::from(format!("reply {seq}")),
+            ..Default::default()
+        };
+        peer.send(&pdu::encode_deliver_sm(seq, &mo).unwrap()).await;
+    }
+    // Those past the cap are turned away at once, with a status the SMSC retries.
+    let mut throttled = Vec::new();
+    for _ in 0..sent - cap {
+        let r = peer.next_non_keepalive().await;
+        assert_eq!((r.command_id, r.status), (0x8000_0005, status::THROTTLED), "seq {}", r.seq);
+        throttled.push(r.seq);
+    }
+    throttled.sort_unstable();
+    assert_eq!(throttled, (cap + 1..=sent).collect::<Vec<_>>(), "the ones past the cap");
+    let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;
+    let counted = metric(&exposition, "smsgate_smpp_inbound_throttled_total{carrier=\"sim\"}");
+    assert_eq!(counted, Some(f64::from(sent - cap)), "counted");
+    // The store moves again: every text within the cap is taken and acknowledged.
+    faults.hold_commits(false);
+    let mut ok = Vec::new();
+    for _ in 0..cap {
+        let r = peer.next_non_keepalive().await;
+        assert_eq!((r.command_id, r.status), (0x8000_0005, status::OK), "seq {}", r.seq);
+        ok.push(r.seq);
+    }
+    ok.sort_unstable();
+    assert_eq!(ok, (1..=cap).collect::<Vec<_>>());
+    let listed = gw.client.get("/v1/inbound?limit=500").await.json;
+    assert_eq!(listed["inbound"].as_array().unwrap().len(), cap as usize, "{listed}");
+    gw.gateway.shutdown().await;
+}

@@ -122,7 +122,7 @@ async fn authentication_and_scopes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_by_alpn_and_hsts_on_every_answer() {
+async fn http2_by_alpn_and_hsts_and_no_store_on_every_answer() {
     let (_certs, _sim, gw, _data) = setup(SimConfig::default()).await;
     let h2 = gw.client.raw_h2(hyper::Method::GET, "/healthz", &[], bytes::Bytes::new()).await;
     assert_eq!((h2.status, h2.version), (StatusCode::OK, hyper::Version::HTTP_2));
@@ -134,8 +134,11 @@ async fn http2_by_alpn_and_hsts_on_every_answer() {
     assert_eq!((sent.status, sent.version), (StatusCode::ACCEPTED, hyper::Version::HTTP_2), "{}", sent.json);
     let h1 = gw.client.get("/healthz").await;
     assert_eq!(h1.version, hyper::Version::HTTP_11);
-    for a in [&h2, &sent, &h1, &gw.client.get("/v1/nothing").await] {
+    let status = gw.client.get(&format!("/v1/messages/{}", sent.json["id"].as_str().unwrap())).await;
+    assert_eq!(status.status, StatusCode::OK);
+    for a in [&h2, &sent, &h1, &status, &gw.client.get("/v1/nothing").await] {
         assert_eq!(a.headers["strict-transport-security"], "max-age=31536000", "HSTS on every answer");
+        assert_eq!(a.headers["cache-control"], "no-store", "no answer is kept by a cache");
     }
     gw.gateway.shutdown().await;
 }

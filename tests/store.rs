@@ -264,7 +264,8 @@ async fn nothing_grows_without_bound() {
 async fn a_backup_is_consistent_and_commits_go_on_during_the_copy() {
     let n: usize = std::env::var("SMSGATE_BACKUP_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default(), keys()).unwrap();
+    let crypto = keys();
+    let store = Store::open(dir.path(), &StoreOptions::default(), crypto.clone()).unwrap();
     let key = |prefix: &str, i: usize| format!("{prefix}/{i:08}").into_bytes();
     for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
         let ops = chunk.iter().map(|&i| Op::Put { key: key("t", i), value: vec![b'o'; 200] }).collect();
@@ -314,7 +315,7 @@ async fn a_backup_is_consistent_and_commits_go_on_during_the_copy() {
     );
     assert!(during.len() >= 5, "commits go on while the backup is copied");
 
-    let contents = smsgate::store::backup::read(&out).unwrap();
+    let contents = smsgate::store::backup::read(&out, &crypto.backup_key()).unwrap();
     let map: std::collections::HashMap<Vec<u8>, Vec<u8>> = contents.records.into_iter().collect();
     let last = map.get(b"last".as_slice()).map(|v| usize::from_be_bytes(v.as_slice().try_into().unwrap()));
     let upto = last.map(|l| l + 1).unwrap_or(0);
@@ -372,4 +373,87 @@ async fn day_and_week_limits_on_one_counter_count_a_message_once() {
     assert!(matches!(store.commit_guarded(vec![], Some(guard(1))).await.unwrap(), Guarded::Applied(_)));
     assert!(matches!(store.commit_guarded(vec![], Some(guard(1))).await.unwrap(), Guarded::QuotaExceeded { .. }));
     assert_eq!(store.counter(&today).unwrap(), 2);
+}
+
+/// A backup file written here, independently of the gateway's writer: `version` 2 ends in
+/// the keyed MAC, 1 in a plain SHA-256.
+fn craft_backup(
+    version: u8,
+    records: &[(&[u8], &[u8])],
+    files: &[(&str, &[u8])],
+    mac_key: &ring::hmac::Key,
+) -> Vec<u8> {
+    let mut b = format!("SMSGATE-BACKUP{}\n", char::from(version)).into_bytes();
+    for (k, v) in records {
+        b.push(1);
+        b.extend((k.len() as u32).to_be_bytes());
+        b.extend(*k);
+        b.extend((v.len() as u32).to_be_bytes());
+        b.extend(*v);
+    }
+    for (name, bytes) in files {
+        b.push(2);
+        b.extend((name.len() as u16).to_be_bytes());
+        b.extend(name.as_bytes());
+        b.extend((bytes.len() as u64).to_be_bytes());
+        b.extend(*bytes);
+    }
+    b.push(0);
+    let tag = match version {
+        1 => ring::digest::digest(&ring::digest::SHA256, &b).as_ref().to_vec(),
+        _ => ring::hmac::sign(mac_key, &b).as_ref().to_vec(),
+    };
+    b.extend(tag);
+    b
+}
+
+#[test]
+fn restore_writes_files_only_under_audit_and_never_over_existing_ones() {
+    let crypto = keys();
+    let mac_key = crypto.backup_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("crafted.backup");
+    let records: &[(&[u8], &[u8])] = &[(b"t/1", b"one")];
+    // Even a correctly signed file cannot put anything outside audit/: not the store itself,
+    // not the admin socket's place, not a path that climbs out.
+    for name in ["store/db", "admin.sock", "audit/../store/db", "/etc/passwd", "audit", "./audit/x"] {
+        let data = tmp.path().join(format!("data-{}", name.len()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::write(&file, craft_backup(2, records, &[(name, b"evil")], &mac_key)).unwrap();
+        let e = smsgate::store::backup::restore(&file, &data, &mac_key).unwrap_err().to_string();
+        assert!(e.contains("only under audit/"), "{name}: {e}");
+        assert!(!data.join("store").exists(), "{name}: nothing restored");
+    }
+    // Nor over a file that exists.
+    let data = tmp.path().join("data-existing");
+    std::fs::create_dir_all(data.join("audit")).unwrap();
+    std::fs::write(data.join("audit/audit.jsonl"), "kept").unwrap();
+    std::fs::write(&file, craft_backup(2, records, &[("audit/audit.jsonl", b"evil")], &mac_key)).unwrap();
+    let e = smsgate::store::backup::restore(&file, &data, &mac_key).unwrap_err().to_string();
+    assert!(e.contains("exists already"), "{e}");
+    assert_eq!(std::fs::read_to_string(data.join("audit/audit.jsonl")).unwrap(), "kept");
+    // A proper one restores, private.
+    let data = tmp.path().join("data-ok");
+    std::fs::write(&file, craft_backup(2, records, &[("audit/audit.jsonl", b"{}\n")], &mac_key)).unwrap();
+    let r = smsgate::store::backup::restore(&file, &data, &mac_key).unwrap();
+    assert_eq!((r.records, r.files, r.authenticated), (1, 1, true));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&data.join("audit")), mode(&data.join("audit/audit.jsonl"))), (0o700, 0o600));
+}
+
+#[test]
+fn version_1_backups_restore_but_say_they_are_unauthenticated() {
+    let crypto = keys();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("v1.backup");
+    std::fs::write(&file, craft_backup(1, &[(b"t/1", b"one")], &[], &crypto.backup_key())).unwrap();
+    let r = smsgate::store::backup::restore(&file, &tmp.path().join("data"), &crypto.backup_key()).unwrap();
+    assert_eq!((r.records, r.authenticated), (1, false));
+    // A damaged version 1 file is still refused by its checksum.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let e = smsgate::store::backup::restore(&file, &tmp.path().join("data2"), &crypto.backup_key()).unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
 }

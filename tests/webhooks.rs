@@ -96,25 +96,63 @@ async fn webhook_urls_that_point_elsewhere_are_refused() {
     gw.gateway.shutdown().await;
 }
 
+/// How receiver X fails.
+enum Broken {
+    /// Nothing listens: every connection is refused at once.
+    Down,
+    /// It accepts connections and never says a word: each delivery waits out its deadline.
+    Hanging,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_is_down_does_not_hold_up_another() {
+    receiver_x_does_not_hold_up_receiver_y(Broken::Down).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_does_not_hold_up_another() {
+    receiver_x_does_not_hold_up_receiver_y(Broken::Hanging).await;
+}
+
+async fn receiver_x_does_not_hold_up_receiver_y(broken: Broken) {
     let certs = Certs::new();
     let (_sim, gw, _data) = gateway_with_webhooks(&certs, "\"127.0.0.0/8\"").await;
     let up = Receiver::start(&certs, SECRET, 0).await;
-    // Receiver X: nothing listens (connections refused), 300 entries waiting for it.
+    // Receiver X, with 300 entries due before anything for Y.
     let down = Reserved::new();
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = match broken {
+        Broken::Down => down.port(),
+        Broken::Hanging => {
+            let port = hanging.local_addr().unwrap().port();
+            let held = held.clone();
+            tokio::spawn(async move {
+                while let Ok((socket, _)) = hanging.accept().await {
+                    held.lock().unwrap().push(socket);
+                }
+            });
+            port
+        }
+    };
     let crypto = gw.gateway.store.crypto();
-    let x = format!("https://127.0.0.1:{}/down", down.port());
+    let x = format!("https://127.0.0.1:{port}/x");
     let ops: Vec<smsgate::store::Op> = (0..300)
         .map(|i| smsgate::store::outbox::inbound_op(&crypto, &x, &json!({"event": "inbound", "n": i})).unwrap())
         .collect();
     gw.gateway.store.commit(ops).await.unwrap();
-    until(PATIENCE, "X's entries failing", || async {
-        let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;
-        metric(&exposition, "smsgate_webhooks_total{result=\"retry\"}").unwrap_or(0.0) >= 8.0
-    })
-    .await;
-    // Receiver Y gets its webhooks although X is down with hundreds of entries in front.
+    match broken {
+        Broken::Down => {
+            until(PATIENCE, "X's entries failing", || async {
+                let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;
+                metric(&exposition, "smsgate_webhooks_total{result=\"retry\"}").unwrap_or(0.0) >= 8.0
+            })
+            .await
+        }
+        // As many of X's deliveries as one host may have are stuck in it.
+        Broken::Hanging => eventually(PATIENCE, "X holding deliveries", || held.lock().unwrap().len() >= 4).await,
+    }
+    // Receiver Y gets its webhooks although X has hundreds of entries in front.
     let hook = format!("https://127.0.0.1:{}/y", up.port);
     let a = send_with_hook(&gw, &hook).await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
@@ -128,9 +166,10 @@ async fn a_receiver_that_is_down_does_not_hold_up_another() {
     })
     .await;
     println!(
-        "receiver Y got its webhook {:?} after the message was delivered, with 300 entries for X backing off",
+        "receiver Y got its webhook {:?} after the message was delivered, with 300 entries for X in front",
         since.elapsed()
     );
+    // X's deliveries wait 10 s each when it hangs: Y waiting that long would mean it queued behind X.
     assert!(since.elapsed() < Duration::from_secs(5), "{:?}", since.elapsed());
     gw.gateway.shutdown().await;
 }

@@ -68,7 +68,7 @@ pub struct Compliance {
     quiet: Option<QuietWindow>,
     default_tz: String,
     policies: HashMap<String, CategoryPolicy>,
-    help_last: Mutex<HashMap<String, u64>>,
+    reply_last: Mutex<HashMap<String, u64>>,
 }
 
 fn local_day(ms: u64, tz: &jiff::tz::TimeZone, offset_days: i64) -> String {
@@ -104,7 +104,7 @@ impl Compliance {
             quiet,
             default_tz: config.quiet_hours.as_ref().map(|q| q.default_timezone.clone()).unwrap_or_else(|| "UTC".into()),
             policies: config.category_policies.iter().map(|p| (p.category.clone(), p.clone())).collect(),
-            help_last: Mutex::new(HashMap::new()),
+            reply_last: Mutex::new(HashMap::new()),
             config: config.clone(),
         }
     }
@@ -138,14 +138,16 @@ impl Compliance {
         registry::scopes_for(self.config.optout_scope == OptOutScope::Sender, sender)
     }
 
-    /// Whether a HELP reply may go to `idx` now (at most one per interval); records it.
-    pub fn help_allowed(&self, idx: &str, now: u64) -> bool {
-        let Ok(mut last) = self.help_last.lock() else { return false };
-        let interval = self.config.help_reply_interval_secs * 1000;
-        if last.get(idx).is_some_and(|&t| now < t + interval) {
+    /// Whether an automatic reply of `kind` ("help", "optin") may go to `idx` now (at most
+    /// one of each kind per interval); records it.
+    pub fn reply_allowed(&self, kind: &str, idx: &str, now: u64) -> bool {
+        let Ok(mut last) = self.reply_last.lock() else { return false };
+        let interval = self.config.keyword_reply_interval_secs * 1000;
+        let key = format!("{kind}:{idx}");
+        if last.get(&key).is_some_and(|&t| now < t + interval) {
             return false;
         }
-        last.insert(idx.to_string(), now);
+        last.insert(key, now);
         if last.len() > 100_000 {
             last.retain(|_, t| now < *t + interval);
         }

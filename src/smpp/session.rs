@@ -79,6 +79,11 @@ pub struct SubmitJob {
     pub ticket: Ticket,
 }
 
+/// `deliver_sm` a bind handles at once (receipts and inbound texts, each a store commit);
+/// more get ESME_RTHROTTLED, which SMSCs retry. Far above what one bind delivers while the
+/// store keeps up; reached only when the store stalls or a carrier floods.
+pub const INBOUND_IN_FLIGHT: usize = 64;
+
 /// Who has a job: still waiting in the channel, taken by a bind (its answer will come), or
 /// withdrawn by the dispatcher (no bind will send it).
 #[derive(Debug, Clone, Default)]
@@ -375,6 +380,7 @@ impl Bind {
                 s.name.clone(),
             ))
         });
+        let inbound = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_rx = Instant::now();
         let mut enquire: Option<(u32, Instant)> = None;
@@ -386,7 +392,7 @@ impl Bind {
                 frame = reader.next() => match frame {
                     Ok(Some(frame)) => {
                         last_rx = Instant::now();
-                        match self.handle(frame, &pending, &out_tx, &mut enquire) {
+                        match self.handle(frame, &pending, &out_tx, &inbound, &mut enquire) {
                             Ok(()) => {}
                             Err(LinkError::Shutdown) if unbind_sent.is_some() => break LinkError::Shutdown,
                             Err(e) => break e,
@@ -472,6 +478,7 @@ impl Bind {
         frame: Frame,
         pending: &Mutex<HashMap<u32, Pending>>,
         out: &mpsc::Sender<Bytes>,
+        inbound: &Arc<Semaphore>,
         enquire: &mut Option<(u32, Instant)>,
     ) -> Result<(), LinkError> {
         let name = &self.settings.name;
@@ -517,6 +524,12 @@ impl Bind {
             Pdu::EnquireLink => send(pdu::enquire_link_resp(frame.seq))?,
             Pdu::EnquireLinkResp => *enquire = None,
             Pdu::DeliverSm(sm) => {
+                // A carrier that floods us gets "throttled" (it retries later) rather than an
+                // unbounded number of tasks, each holding a PDU and a store commit.
+                let Ok(permit) = inbound.clone().try_acquire_owned() else {
+                    m::inbound_throttled(name);
+                    return send(pdu::deliver_sm_resp(frame.seq, status::THROTTLED));
+                };
                 let handler = self.handler.clone();
                 let out = out.clone();
                 let carrier = name.clone();
@@ -524,6 +537,7 @@ impl Bind {
                 tokio::spawn(async move {
                     let status = handler.deliver(carrier, *sm).await;
                     let _ = out.send(pdu::deliver_sm_resp(seq, status)).await;
+                    drop(permit);
                 });
             }
             Pdu::Unbind => {

@@ -1,9 +1,11 @@
 //! Backup and restore of the store (plus named files, i.e. the audit log) as one file.
 //!
-//! Format: `SMSGATE-BACKUP\x01\n`, then records `0x01 ‖ u32 key length ‖ key ‖ u32 value
+//! Format: `SMSGATE-BACKUP\x02\n`, then records `0x01 ‖ u32 key length ‖ key ‖ u32 value
 //! length ‖ value`, then files `0x02 ‖ u16 name length ‖ name ‖ u64 length ‖ bytes`, then
-//! `0x00 ‖ SHA-256 of everything before the digest`. Values stay sealed: a backup is as
-//! unreadable as the store without the data keys, which it does not contain.
+//! `0x00 ‖ HMAC-SHA256 of everything before it`, keyed by a key derived from the data keys'
+//! index key: a plain digest could be recomputed by whoever altered the file. Version 1 files
+//! (`\x01`, a plain SHA-256) are still read, reported as unauthenticated. Values stay sealed: a
+//! backup is as unreadable as the store without the data keys, which it does not contain.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,13 +14,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ring::digest::{Context, SHA256};
+use ring::hmac;
 use sled::IVec;
 use tokio::sync::oneshot;
 
 use super::StoreError;
 
-const MAGIC: &[u8] = b"SMSGATE-BACKUP\x01\n";
+const MAGIC: &[u8] = b"SMSGATE-BACKUP\x02\n";
+/// The first format: the same layout ending in a plain SHA-256.
+const MAGIC_V1: &[u8] = b"SMSGATE-BACKUP\x01\n";
+/// The only place restored files may go: the backup carries the audit log and nothing else.
+const FILES_UNDER: &str = "audit";
 
 /// A backup request for the writer thread.
 #[derive(Debug)]
@@ -27,6 +33,8 @@ pub struct Snapshot {
     pub out: PathBuf,
     /// Extra files to include: (name inside the backup, path now).
     pub files: Vec<(String, PathBuf)>,
+    /// Authenticates the file (`Crypto::backup_key`).
+    pub mac_key: hmac::Key,
     /// Gets the record count, or why the backup failed.
     pub done: oneshot::Sender<Result<u64, StoreError>>,
 }
@@ -95,14 +103,14 @@ impl CopyOnWrite {
     }
 }
 
-struct Hashing<W: Write> {
+struct Signing<W: Write> {
     inner: W,
-    hash: Context,
+    mac: hmac::Context,
 }
 
-impl<W: Write> Hashing<W> {
+impl<W: Write> Signing<W> {
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.hash.update(bytes);
+        self.mac.update(bytes);
         self.inner.write_all(bytes)
     }
 
@@ -129,10 +137,9 @@ pub(super) fn spawn(db: sled::Db, cow: Arc<CopyOnWrite>, snapshot: Snapshot) {
         .iter()
         .filter_map(|(name, path)| Some((name.clone(), path.clone(), std::fs::metadata(path).ok()?.len())))
         .collect();
-    let out = snapshot.out;
-    let done = snapshot.done;
+    let Snapshot { out, done, mac_key, .. } = snapshot;
     let thread = std::thread::Builder::new().name("store-backup".into()).spawn(move || {
-        let result = write(&db, &cow, &out, &files);
+        let result = write(&Source { db: &db, cow: &cow, files: &files, mac_key: &mac_key }, &out);
         cow.active.store(false, Ordering::Release);
         let _ = done.send(result);
     });
@@ -143,9 +150,18 @@ pub(super) fn spawn(db: sled::Db, cow: Arc<CopyOnWrite>, snapshot: Snapshot) {
 
 /// Writes the tree as of the starting point, then the files, to a temporary file that is
 /// renamed to `out` once complete and synced.
-fn write(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, PathBuf, u64)]) -> Result<u64, StoreError> {
+/// What a backup copies, and the key that signs it.
+struct Source<'a> {
+    db: &'a sled::Db,
+    cow: &'a CopyOnWrite,
+    /// (name in the backup, path, length at the starting point)
+    files: &'a [(String, PathBuf, u64)],
+    mac_key: &'a hmac::Key,
+}
+
+fn write(source: &Source<'_>, out: &Path) -> Result<u64, StoreError> {
     let tmp = out.with_extension("partial");
-    let result = write_to(db, cow, &tmp, files);
+    let result = write_to(source, &tmp);
     match result {
         Ok(count) => {
             std::fs::rename(&tmp, out).map_err(|e| io(&out.display().to_string(), e))?;
@@ -161,8 +177,9 @@ fn write(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, PathBuf
     }
 }
 
-fn write_to(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, PathBuf, u64)]) -> Result<u64, StoreError> {
+fn write_to(source: &Source<'_>, out: &Path) -> Result<u64, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let Source { db, cow, files, mac_key } = *source;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -170,7 +187,7 @@ fn write_to(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, Path
         .mode(0o600)
         .open(out)
         .map_err(|e| io(&out.display().to_string(), e))?;
-    let mut w = Hashing { inner: BufWriter::new(file), hash: Context::new(&SHA256) };
+    let mut w = Signing { inner: BufWriter::new(file), mac: hmac::Context::with_key(mac_key) };
     let e = |err| io("writing the backup", err);
     w.put(MAGIC).map_err(e)?;
     let mut count = 0u64;
@@ -210,8 +227,8 @@ fn write_to(db: &sled::Db, cow: &CopyOnWrite, out: &Path, files: &[(String, Path
         }
     }
     w.put(&[0]).map_err(e)?;
-    let digest = w.hash.finish();
-    w.inner.write_all(digest.as_ref()).map_err(e)?;
+    let tag = w.mac.sign();
+    w.inner.write_all(tag.as_ref()).map_err(e)?;
     let file = w.inner.into_inner().map_err(|err| io("writing the backup", err.into_error()))?;
     file.sync_all().map_err(e)?;
     Ok(count)
@@ -224,21 +241,34 @@ pub struct Contents {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
     /// Named files.
     pub files: Vec<(String, Vec<u8>)>,
+    /// Whether a keyed MAC vouched for the file (false: a version 1 file, checksum only).
+    pub authenticated: bool,
 }
 
-/// Reads and verifies a backup file.
-pub fn read(path: &Path) -> Result<Contents, StoreError> {
+/// Reads and verifies a backup file; `mac_key` is `Crypto::backup_key` of the data keys the
+/// store had when the backup was made.
+pub fn read(path: &Path, mac_key: &hmac::Key) -> Result<Contents, StoreError> {
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io(&path.display().to_string(), e))?;
     let bad = |why: &str| StoreError::Corrupt { key: path.display().to_string(), reason: why.to_string() };
-    if bytes.len() < MAGIC.len() + 33 || !bytes.starts_with(MAGIC) {
+    if bytes.len() < MAGIC.len() + 33 {
         return Err(bad("not an smsgate backup"));
     }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if ring::digest::digest(&SHA256, body).as_ref() != digest {
-        return Err(bad("checksum mismatch: the file is damaged or incomplete"));
-    }
-    let mut contents = Contents::default();
+    let (body, tag) = bytes.split_at(bytes.len() - 32);
+    let authenticated = if bytes.starts_with(MAGIC) {
+        hmac::verify(mac_key, body, tag).map_err(|_| {
+            bad("authentication failed: the file is damaged, incomplete or altered, or was made with other data keys")
+        })?;
+        true
+    } else if bytes.starts_with(MAGIC_V1) {
+        if ring::digest::digest(&ring::digest::SHA256, body).as_ref() != tag {
+            return Err(bad("checksum mismatch: the file is damaged or incomplete"));
+        }
+        false
+    } else {
+        return Err(bad("not an smsgate backup"));
+    };
+    let mut contents = Contents { authenticated, ..Contents::default() };
     let mut at = MAGIC.len();
     let take = |at: &mut usize, n: usize| -> Result<&[u8], StoreError> {
         let s = body.get(*at..*at + n).ok_or_else(|| bad("truncated"))?;
@@ -267,9 +297,22 @@ pub fn read(path: &Path) -> Result<Contents, StoreError> {
     Ok(contents)
 }
 
-/// Restores a backup into `data_dir`, which must not hold a store yet.
-pub fn restore(backup: &Path, data_dir: &Path) -> Result<(u64, usize), StoreError> {
-    let contents = read(backup)?;
+/// What a restore wrote.
+#[derive(Debug)]
+pub struct Restored {
+    /// Store records.
+    pub records: u64,
+    /// Files (the audit log).
+    pub files: usize,
+    /// See [`Contents::authenticated`].
+    pub authenticated: bool,
+}
+
+/// Restores a backup into `data_dir`, which must not hold a store yet. Files in the backup
+/// may only go under `audit/` and never over a file that exists: whoever made the file cannot
+/// use it to replace the store or anything else in the data directory.
+pub fn restore(backup: &Path, data_dir: &Path, mac_key: &hmac::Key) -> Result<Restored, StoreError> {
+    let contents = read(backup, mac_key)?;
     let store_dir = data_dir.join("store");
     if store_dir.join("db").exists() {
         return Err(StoreError::Io(format!(
@@ -278,15 +321,17 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<(u64, usize), StoreErro
         )));
     }
     for (name, _) in &contents.files {
-        let p = Path::new(name);
-        if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(StoreError::Corrupt {
-                key: name.clone(),
-                reason: "file name escapes the data directory".into(),
-            });
+        let refuse = |reason: &str| StoreError::Corrupt { key: name.clone(), reason: reason.into() };
+        let parts: Vec<_> = Path::new(name).components().collect();
+        let under_audit = parts.len() >= 2 && parts[0] == std::path::Component::Normal(FILES_UNDER.as_ref());
+        if !under_audit || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(refuse("a backup restores files only under audit/"));
+        }
+        if data_dir.join(name).exists() {
+            return Err(refuse("the file exists already; restore only into an empty data directory"));
         }
     }
-    std::fs::create_dir_all(&store_dir).map_err(|e| io(&store_dir.display().to_string(), e))?;
+    crate::fsutil::private_dir(&store_dir).map_err(|e| io(&store_dir.display().to_string(), e))?;
     let db = sled::Config::new().path(&store_dir).open()?;
     let mut count = 0u64;
     for chunk in contents.records.chunks(10_000) {
@@ -303,9 +348,9 @@ pub fn restore(backup: &Path, data_dir: &Path) -> Result<(u64, usize), StoreErro
     for (name, bytes) in &contents.files {
         let path = data_dir.join(name);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+            crate::fsutil::private_dir(dir).map_err(|e| io(&dir.display().to_string(), e))?;
         }
-        std::fs::write(&path, bytes).map_err(|e| io(&path.display().to_string(), e))?;
+        crate::fsutil::write_private(&path, bytes).map_err(|e| io(&path.display().to_string(), e))?;
     }
-    Ok((count, contents.files.len()))
+    Ok(Restored { records: count, files: contents.files.len(), authenticated: contents.authenticated })
 }

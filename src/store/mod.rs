@@ -336,7 +336,8 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts the group-commit thread. `crypto`
     /// seals message content on write and opens it on read.
     pub fn open(dir: &Path, options: &StoreOptions, crypto: Arc<Crypto>) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("create {}: {e}", dir.display())))?;
+        crate::fsutil::private_dir(dir)
+            .map_err(|e| StoreError::Io(format!("data directory {}: {e}", dir.display())))?;
         let path = dir.join("store");
         discard_unfinished_snapshots(&path)?;
         let db = sled::Config::new()
@@ -673,7 +674,8 @@ impl Store {
     pub async fn backup(&self, out: &Path, files: Vec<(String, PathBuf)>) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         let (done, count) = oneshot::channel();
-        let snapshot = backup::Snapshot { out: out.to_path_buf(), files, done };
+        let mac_key = self.crypto().backup_key();
+        let snapshot = backup::Snapshot { out: out.to_path_buf(), files, mac_key, done };
         self.inner
             .tx
             .send(Request { ops: Vec::new(), guard: None, snapshot: Some(snapshot), reply })

@@ -1,7 +1,7 @@
 //! Signed webhooks from the durable outbox (`store::outbox`).
 //!
 //! A worker takes due entries in due order and POSTs them, each on its own task: at most
-//! 64 at once, at most 4 to one receiver host, so a slow or dead receiver holds only its own
+//! 64 at once, at most 4 to one receiver (host and port), so a slow or dead receiver holds only its own
 //! deliveries. A failure is retried with exponential backoff (2 s doubling to 1 h) and moved
 //! to its new due time; after 48 h it is given up (`smsgate_webhooks_total{result="abandoned"}`).
 //! A URL whose host resolves to an address the operator has not allowed is given up at once
@@ -38,9 +38,12 @@ pub use target::{TargetError, TargetPolicy};
 
 /// Give up on a webhook after this long.
 const MAX_AGE_MS: u64 = 48 * 3600 * 1000;
-/// Deliveries in flight at once, and to one receiver host.
+/// Deliveries in flight at once, and to one receiver (host and port).
 const MAX_IN_FLIGHT: usize = 64;
 const MAX_PER_HOST: usize = 4;
+/// Due entries read per look at the outbox, and at most per pass (every 100 ms).
+const SCAN_PAGE: usize = 256;
+const MAX_SCAN: usize = 8192;
 /// Of an answer, read at most this much (and only to finish the exchange).
 const MAX_ANSWER_BYTES: usize = 4096;
 /// How long one delivery may take, connect to answer.
@@ -105,34 +108,8 @@ pub async fn run(d: Deliverer, mut shutdown: watch::Receiver<bool>) {
     let mut in_flight: HashSet<Vec<u8>> = HashSet::new();
     let mut per_host: HashMap<String, usize> = HashMap::new();
     loop {
-        let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
-        if room > 0 {
-            // Due entries only, oldest due first: what backs off waits further down the keys.
-            let due = d.store.range::<OutboxEntry>(OUTBOX, &outbox::due_end(now_ms()), room + in_flight.len());
-            match due {
-                Ok(entries) => {
-                    for (key, entry) in entries {
-                        if in_flight.contains(&key) || in_flight.len() >= MAX_IN_FLIGHT {
-                            continue;
-                        }
-                        let host = host_of(&entry.url);
-                        let n = per_host.entry(host.clone()).or_default();
-                        if *n >= MAX_PER_HOST {
-                            continue;
-                        }
-                        *n += 1;
-                        in_flight.insert(key.clone());
-                        let (d, done) = (d.clone(), done_tx.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = deliver_one(&d, key.clone(), entry).await {
-                                warn!(error = %e, "webhook bookkeeping failed");
-                            }
-                            let _ = done.send((key, host));
-                        });
-                    }
-                }
-                Err(e) => warn!(error = %e, "webhook outbox"),
-            }
+        if in_flight.len() < MAX_IN_FLIGHT {
+            take_due(&d, &mut in_flight, &mut per_host, &done_tx);
         }
         tokio::select! {
             Some((key, host)) = done_rx.recv() => {
@@ -146,6 +123,57 @@ pub async fn run(d: Deliverer, mut shutdown: watch::Receiver<bool>) {
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Starts deliveries of due entries, oldest due first, until [`MAX_IN_FLIGHT`] run. Entries
+/// whose host already has [`MAX_PER_HOST`] in flight are passed over, and the walk goes on past
+/// them (up to [`MAX_SCAN`] entries): a receiver that hangs with thousands of due entries does
+/// not hide the ones behind them.
+fn take_due(
+    d: &Deliverer,
+    in_flight: &mut HashSet<Vec<u8>>,
+    per_host: &mut HashMap<String, usize>,
+    done_tx: &mpsc::UnboundedSender<(Vec<u8>, String)>,
+) {
+    let end = outbox::due_end(now_ms());
+    let mut start = OUTBOX.to_vec();
+    let mut scanned = 0;
+    while in_flight.len() < MAX_IN_FLIGHT && scanned < MAX_SCAN {
+        let page = match d.store.range::<OutboxEntry>(&start, &end, SCAN_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                warn!(error = %e, "webhook outbox");
+                return;
+            }
+        };
+        let Some((last, _)) = page.last() else { return };
+        start = last.clone();
+        start.push(0);
+        scanned += page.len();
+        let full = page.len() == SCAN_PAGE;
+        for (key, entry) in page {
+            if in_flight.contains(&key) || in_flight.len() >= MAX_IN_FLIGHT {
+                continue;
+            }
+            let host = host_of(&entry.url);
+            let n = per_host.entry(host.clone()).or_default();
+            if *n >= MAX_PER_HOST {
+                continue;
+            }
+            *n += 1;
+            in_flight.insert(key.clone());
+            let (d, done) = (d.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = deliver_one(&d, key.clone(), entry).await {
+                    warn!(error = %e, "webhook bookkeeping failed");
+                }
+                let _ = done.send((key, host));
+            });
+        }
+        if !full {
+            return;
         }
     }
 }
@@ -171,9 +199,11 @@ async fn migrate(store: &Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The receiver's host, for the per-host cap (the URL as given when it does not parse).
+/// The receiver (host and port), for the per-receiver cap and logs (the URL as given when it
+/// does not parse).
 fn host_of(url: &str) -> String {
-    url::Url::parse(url).ok().and_then(|u| u.host_str().map(String::from)).unwrap_or_else(|| url.to_string())
+    let receiver = |u: url::Url| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?));
+    url::Url::parse(url).ok().and_then(receiver).unwrap_or_else(|| url.to_string())
 }
 
 async fn deliver_one(d: &Deliverer, key: Vec<u8>, mut entry: OutboxEntry) -> Result<(), StoreError> {
@@ -307,7 +337,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_host_of_a_url_goes_to_logs() {
-        assert_eq!(host_of("https://hooks.example.com/p/secret-token?x=1"), "hooks.example.com");
+    fn only_the_receiver_of_a_url_goes_to_logs_and_counts_for_the_cap() {
+        assert_eq!(host_of("https://hooks.example.com/p/secret-token?x=1"), "hooks.example.com:443");
+        // Two receivers on one host are two receivers.
+        assert_ne!(host_of("https://127.0.0.1:8001/a"), host_of("https://127.0.0.1:8002/a"));
     }
 }

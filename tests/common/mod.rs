@@ -27,7 +27,11 @@ pub struct Certs {
 impl Certs {
     pub fn new() -> Certs {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("data.keys"), smsgate::crypto::Crypto::generate_file_text()).unwrap();
+        smsgate::fsutil::write_private(
+            &dir.path().join("data.keys"),
+            smsgate::crypto::Crypto::generate_file_text().as_bytes(),
+        )
+        .unwrap();
         for name in ["api", "smsc"] {
             smsgate::tls::write_self_signed(
                 &["localhost", "127.0.0.1"],
@@ -158,14 +162,12 @@ pub fn have(tool: &str, cmd: &str) -> bool {
     ok
 }
 
-/// Reads a simulator record file (either simulator's format).
+/// Reads a simulator record file (either simulator's format). The simulator may be writing
+/// while this reads: a last line without its newline is not complete yet and is left out.
 pub fn read_record(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// The `text` of every accepted submit_sm in a simulator record, with how often it came.
