@@ -1,6 +1,8 @@
 //! The store and the accept path without the network: sled append + group commit (apply_batch,
-//! flush, fdatasync) at batch sizes 1/16/256 on a real file in a temp dir, and the per-message
-//! CPU work of an accept (JSON → validate → build record → seal). `cargo bench --bench store`.
+//! flush, fdatasync) at batch sizes 1/16/256 on a real file in a temp dir, the per-message
+//! CPU work of an accept (JSON → validate → build record → seal), and opt-out lookups in a
+//! registry of 1M entries (`SMSGATE_BENCH_OPTOUTS` to change; 10,000 in `cargo test
+//! --benches`). `cargo bench --bench store`.
 
 /// The allocator the gateway binary uses (src/main.rs), so the figures match production.
 #[global_allocator]
@@ -80,5 +82,63 @@ fn group_commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, accept, group_commit);
+/// What a send checks (one point read per scope) and what `GET /v1/opt-outs/{n}` reads (every
+/// scope of one number), among `SMSGATE_BENCH_OPTOUTS` entries.
+fn optout_lookup(c: &mut Criterion) {
+    use smsgate::compliance::registry;
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let entries: u64 = std::env::var("SMSGATE_BENCH_OPTOUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if benchmarking { 1_000_000 } else { 10_000 });
+    let crypto = crypto();
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("temp dir: {e}"),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let store = match Store::open(dir.path(), &StoreOptions::default(), crypto.clone()) {
+        Ok(s) => s,
+        Err(e) => panic!("open store: {e}"),
+    };
+    let number = |i: u64| format!("+1415{:07}", i % 10_000_000);
+    let started = std::time::Instant::now();
+    for chunk in (0..entries).collect::<Vec<_>>().chunks(10_000) {
+        let ops = chunk
+            .iter()
+            .map(|&i| {
+                let scope = if i % 10 == 0 { "12345" } else { registry::GLOBAL };
+                registry::optout_op(&crypto, &number(i), scope, "import", None, None, "bench", 1, false)
+                    .map(|(op, _)| op)
+                    .expect("an opt-out op")
+            })
+            .collect();
+        rt.block_on(store.commit(ops)).expect("the registry fills");
+    }
+    eprintln!("registry of {entries} opt-outs written in {:?}", started.elapsed());
+    let scopes = vec![registry::GLOBAL.to_string(), "12345".to_string()];
+    let mut i = 0u64;
+    let mut g = c.benchmark_group(format!("optout_lookup_{entries}"));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("send_check_two_scopes", |b| {
+        b.iter(|| {
+            i = (i + 7919) % entries;
+            let idx = crypto.blind_index(&number(i));
+            registry::find_optout(&store, black_box(&idx), &scopes).expect("a lookup")
+        })
+    });
+    g.bench_function("all_scopes_of_one_number", |b| {
+        b.iter(|| {
+            i = (i + 7919) % entries;
+            let idx = crypto.blind_index(&number(i));
+            registry::optouts_of(&store, black_box(&idx)).expect("a lookup")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, accept, group_commit, optout_lookup);
 criterion_main!(benches);

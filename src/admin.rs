@@ -267,10 +267,14 @@ async fn rotate(store: &Store, config: &Config) -> AdminResponse {
             message: "keys come from an environment variable: add a key line there and restart".into(),
         };
     };
-    match crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string()) {
-        Ok(crypto) => {
-            let key_id = crypto.current_key().to_string();
-            store.set_crypto(crypto);
+    let loaded = crate::crypto::Crypto::from_file(path).map_err(|e| e.to_string());
+    let key_id = loaded.as_ref().map(|c| c.current_key().to_string()).unwrap_or_default();
+    let adopted = match loaded {
+        Ok(crypto) => store.set_crypto(crypto).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    match adopted {
+        Ok(()) => {
             // Re-seal now rather than at the next hourly pass.
             match crate::maintenance::pass(store, &config.retention, crate::message::now_ms()).await {
                 Ok(r) => info!(resealed = r.resealed, "re-sealed under the new data key"),
@@ -288,8 +292,8 @@ async fn import(store: &Store, rows: Vec<(String, String)>) -> AdminResponse {
     let mut ops = Vec::new();
     let mut refused = Vec::new();
     for (i, (number, scope)) in rows.iter().enumerate() {
-        let Ok(n) = crate::phone::E164::from_trusted(number.trim()) else {
-            refused.push(format!("row {}: not an E.164 number", i + 1));
+        let Ok(n) = crate::phone::E164::normalize(number) else {
+            refused.push(format!("row {}: not a valid E.164 number", i + 1));
             continue;
         };
         let scope = match scope.trim() {

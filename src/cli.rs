@@ -86,8 +86,21 @@ pub enum Command {
     },
     /// Run the SMSC simulator alone.
     SmscSim(Box<SimArgs>),
-    /// Validate a config file and explain every problem.
-    CheckConfig(ConfigArg),
+    /// Validate a config file and explain every problem; or, with --pin, print the
+    /// pin_sha256 of each certificate in a PEM file.
+    CheckConfig(CheckArgs),
+}
+
+/// `check-config`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file.
+    #[arg(long, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+    pub config: PathBuf,
+    /// Print the pin (for a carrier's `pin_sha256`) of every certificate in this PEM file
+    /// instead of checking the config.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub pin: Option<PathBuf>,
 }
 
 /// `--config FILE`
@@ -259,6 +272,9 @@ pub struct SimArgs {
     /// First message id.
     #[arg(long, default_value_t = 1)]
     pub msgid_start: u64,
+    /// Receipts carry the id only in their text, in decimal (no receipted_message_id TLV).
+    #[arg(long)]
+    pub receipt_id_decimal_text: bool,
     /// Close a connection once N submit_sm were answered on it (0 = never).
     #[arg(long, default_value_t = 0)]
     pub drop_after: u64,
@@ -317,6 +333,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Restore { file, config } => restore(&file, &config),
         Command::Quarantine { action: QuarantineCommand::List, config } => quarantine_list(&config).await,
         Command::SmscSim(args) => smsc_sim(*args).await,
+        Command::CheckConfig(CheckArgs { pin: Some(pem), .. }) => print_pins(&pem),
         Command::CheckConfig(args) => check_config(&args.config),
     }
 }
@@ -470,6 +487,15 @@ async fn stop(gateway: std::sync::Arc<Gateway>, watchdog: Option<tokio::task::Jo
     }
 }
 
+/// `check-config --pin FILE`: one line per certificate, ready to paste.
+fn print_pins(pem: &Path) -> Result<()> {
+    for cert in crate::tls::load_certs(pem)? {
+        let pin = crate::tls::spki_pin(&cert).with_context(|| pem.display().to_string())?;
+        println!("pin_sha256 = [\"{pin}\"]");
+    }
+    Ok(())
+}
+
 fn check_config(path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| crate::config::ConfigError::Read { path: path.to_path_buf(), source: e })?;
@@ -483,14 +509,17 @@ fn check_config(path: &Path) -> Result<()> {
     }
     for (i, c) in config.carriers.iter().enumerate() {
         if c.tls
-            && let Err(e) =
-                crate::tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
+            && let Err(e) = crate::tls::client_config(
+                c.ca_file.as_deref(),
+                &c.pin_sha256,
+                c.client_cert.as_deref().zip(c.client_key.as_deref()),
+            )
         {
             problems.push(format!("carriers[{i}] ({}).ca_file: {e}", c.name));
         }
     }
     if let Some(cf) = &config.webhooks.ca_file
-        && let Err(e) = crate::tls::client_config(Some(cf), None)
+        && let Err(e) = crate::tls::client_config(Some(cf), &[], None)
     {
         problems.push(format!("webhooks.ca_file: {e}"));
     }
@@ -513,6 +542,7 @@ async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminRespo
     let crypto = std::sync::Arc::new(config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?);
     let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    crate::compliance::registry::migrate(&store).await?;
     let ring = KeyRing::load(&store)?;
     let audit = crate::audit::Audit::open(&config.data_dir, store.tripwire().clone())?;
     let answer = admin::execute(&store, &ring, &audit, config, "direct", request).await;
@@ -687,7 +717,7 @@ async fn quarantine_list(config_path: &Path) -> Result<()> {
 fn restore(file: &Path, config_path: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
-    let r = crate::store::backup::restore(file, &config.data_dir, &crypto.backup_key())
+    let r = crate::store::backup::restore(file, &config.data_dir, &crypto)
         .with_context(|| format!("restoring {} into {}", file.display(), config.data_dir.display()))?;
     if !r.authenticated {
         eprintln!(
@@ -795,6 +825,7 @@ async fn smsc_sim(args: SimArgs) -> Result<()> {
             "dec" => true,
             other => bail!("--msgid-format {other}: use hex or dec"),
         },
+        receipt_id_decimal_text: args.receipt_id_decimal_text,
         drop_after: args.drop_after,
         drop_every: match args.drop_mode.as_str() {
             "once" => false,

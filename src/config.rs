@@ -666,6 +666,10 @@ pub struct CarrierConfig {
     pub tls: bool,
     /// PEM bundle of CAs to trust instead of the built-in public roots.
     pub ca_file: Option<PathBuf>,
+    /// Keys to trust (base64 SHA-256 of the SubjectPublicKeyInfo): a self-signed SMSC is
+    /// trusted by its key alone; with `ca_file` the chain must verify too.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
     /// Name to verify in the SMSC certificate when it differs from `host`.
     pub server_name: Option<String>,
     /// Client certificate (PEM) for carriers that ask for mutual TLS.
@@ -701,6 +705,10 @@ pub struct CarrierConfig {
     pub response_timeout_secs: u64,
     /// Sender used when a message has no `from`.
     pub default_source: Option<String>,
+    /// ISO country (`US`, `GB`) the carrier's national number forms belong to: a handset
+    /// address that arrives without the international marker (TON 0 or 2) is read in it
+    /// before it is looked up in, or added to, the opt-out registry.
+    pub country: Option<String>,
     /// Transceivers, or a transmitter + receiver pair per `binds`.
     #[serde(default)]
     pub bind_mode: BindModeConfig,
@@ -971,6 +979,19 @@ impl Config {
             if c.host.is_empty() {
                 p.push(format!("{at}.host: must not be empty"));
             }
+            for pin in &c.pin_sha256 {
+                if let Err(e) = crate::tls::parse_pin(pin) {
+                    p.push(format!("{at}.pin_sha256: {e}"));
+                }
+            }
+            if !c.tls && !c.pin_sha256.is_empty() {
+                p.push(format!("{at}.pin_sha256: only for tls = true"));
+            }
+            if let Some(country) = &c.country
+                && country.parse::<phonenumber::country::Id>().is_err()
+            {
+                p.push(format!("{at}.country: '{country}' is not an ISO 3166 country code such as US or GB"));
+            }
             if c.port == 0 {
                 p.push(format!("{at}.port: must not be 0"));
             }
@@ -1088,6 +1109,22 @@ impl Config {
             ));
         }
         p
+    }
+
+    /// The addresses a message may leave from: its `from`, or else the `default_source` of
+    /// each carrier of its `route` (what sender-scoped opt-outs must be checked against).
+    pub fn effective_senders(&self, from: Option<&str>, route: &[String]) -> Vec<String> {
+        match from {
+            Some(f) => vec![f.to_string()],
+            None => {
+                let mut v: Vec<String> = route
+                    .iter()
+                    .filter_map(|name| self.carriers.iter().find(|c| &c.name == name)?.default_source.clone())
+                    .collect();
+                v.dedup();
+                v
+            }
+        }
     }
 
     /// Carrier names in failover order for a message: among the routes whose prefix matches

@@ -84,7 +84,11 @@ impl Crypto {
                 .filter(|b| b.len() == 32)
                 .ok_or_else(|| CryptoError::Keys(format!("key '{id}': expected 64 hex characters (32 bytes)")))?;
             if id == "index" {
-                index = Some(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+                // A second line would silently re-key the opt-out registry: every lookup would
+                // miss. One bad edit must not do that.
+                if index.replace(hmac::Key::new(hmac::HMAC_SHA256, &bytes)).is_some() {
+                    return Err(CryptoError::Keys("the 'index' key appears twice; it must never change".into()));
+                }
                 continue;
             }
             if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') || id.len() > 32 {
@@ -151,19 +155,36 @@ impl Crypto {
 
     /// Seals `plaintext`, bound to `context` (the record's key).
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Sealed {
+        self.seal_with(&self.current, plaintext, context)
+    }
+
+    /// Seals with the data key `id` (check values name the key they test).
+    pub fn seal_with(&self, id: &str, plaintext: &[u8], context: &[u8]) -> Sealed {
         let nonce_bytes = random_bytes(NONCE_LEN);
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&nonce_bytes);
         let mut buf = plaintext.to_vec();
-        let sealed = self.keys.get(&self.current).and_then(|key| {
+        let sealed = self.keys.get(id).and_then(|key| {
             key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buf).ok()
         });
         match sealed {
-            Some(()) => Sealed { k: self.current.clone(), n: B64.encode(nonce), c: B64.encode(&buf) },
-            // Unreachable with a parsed key set (the current key is always present and inputs
-            // are far below GCM's limits); an empty ciphertext fails to open instead of leaking.
-            None => Sealed { k: self.current.clone(), n: String::new(), c: String::new() },
+            Some(()) => Sealed { k: id.to_string(), n: B64.encode(nonce), c: B64.encode(&buf) },
+            // Unreachable for an id of this key set (inputs are far below GCM's limits); an
+            // empty ciphertext fails to open instead of leaking.
+            None => Sealed { k: id.to_string(), n: String::new(), c: String::new() },
         }
+    }
+
+    /// The ids of the data keys.
+    pub fn data_key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A value that only this index key produces (stored, to recognise the key again).
+    pub fn index_check(&self) -> String {
+        self.blind_index("smsgate index key check")
     }
 
     /// Opens a sealed value bound to `context`.
@@ -247,6 +268,9 @@ mod tests {
         assert!(Crypto::parse(&format!("index {idx}")).unwrap_err().to_string().contains("no data key"));
         assert!(Crypto::parse(&format!("k1 {idx}")).unwrap_err().to_string().contains("index"));
         assert!(Crypto::parse(&format!("index {idx};k1 {idx};k1 {idx}")).is_err(), "duplicate id");
+        let other = hex(&[2u8; 32]);
+        let e = Crypto::parse(&format!("index {idx};k1 {idx};index {other}")).unwrap_err().to_string();
+        assert!(e.contains("'index' key appears twice"), "a second index line never wins: {e}");
         assert!(Crypto::parse(&format!("index {idx};k1 {idx}")).is_ok(), "env form with ';'");
     }
 }

@@ -75,8 +75,9 @@ pub struct Gateway {
 fn link_settings(c: &CarrierConfig, drain_secs: u64) -> Result<LinkSettings, StartError> {
     let err = |m: String| StartError::Carrier(c.name.clone(), m);
     let tls = if c.tls {
-        let config = tls::client_config(c.ca_file.as_deref(), c.client_cert.as_deref().zip(c.client_key.as_deref()))
-            .map_err(|e| err(e.to_string()))?;
+        let client_cert = c.client_cert.as_deref().zip(c.client_key.as_deref());
+        let config =
+            tls::client_config(c.ca_file.as_deref(), &c.pin_sha256, client_cert).map_err(|e| err(e.to_string()))?;
         let name = c.server_name.clone().unwrap_or_else(|| c.host.clone());
         let name = ServerName::try_from(name).map_err(|e| err(format!("server name: {e}")))?;
         Some((config, name))
@@ -133,6 +134,10 @@ impl Gateway {
                 value: crate::message::now_ms().to_be_bytes().to_vec(),
             }])
             .await?;
+        let moved = crate::compliance::registry::migrate(&store).await?;
+        if moved > 0 {
+            tracing::info!(moved, "opt-out and consent entries moved to normalised numbers and the current layout");
+        }
         let keys = Arc::new(KeyRing::load(&store)?);
         let audit =
             Audit::open(&config.data_dir, store.tripwire().clone()).map_err(|e| StartError::Crypto(e.to_string()))?;
@@ -210,7 +215,7 @@ impl Gateway {
         });
         match config.webhooks.secret() {
             Ok(Some(secret)) => {
-                let tls = tls::client_config(config.webhooks.ca_file.as_deref(), None)?;
+                let tls = tls::client_config(config.webhooks.ca_file.as_deref(), &[], None)?;
                 let policy =
                     Arc::new(config.webhooks.policy().map_err(|e| StartError::Crypto(format!("webhooks: {e}")))?);
                 let deliverer = crate::webhooks::Deliverer { store: store.clone(), secret, tls, policy };
@@ -226,6 +231,10 @@ impl Gateway {
         tasks.push(supervise("disk_watch", shutdown_rx.clone(), move || watch_disk(s.clone(), stop.clone())));
         let (st, stop) = (store.clone(), shutdown_rx.clone());
         tasks.push(supervise("sweep", shutdown_rx.clone(), move || sweep_hourly(st.clone(), stop.clone())));
+        let (inb, stop) = (inbound.clone(), shutdown_rx.clone());
+        tasks.push(supervise("receipt_retry", shutdown_rx.clone(), move || {
+            inb.clone().retry_parked_receipts(stop.clone())
+        }));
         let (st, retention, stop) = (store.clone(), config.retention.clone(), shutdown_rx.clone());
         tasks.push(supervise("maintenance", shutdown_rx.clone(), move || {
             let interval = Duration::from_secs(retention.sweep_interval_secs);

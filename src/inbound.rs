@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::audit::{Audit, Event};
 use crate::compliance::keywords::Keyword;
 use crate::compliance::registry;
+use crate::correlate::Correlator;
 use crate::crypto::Sealed;
 use crate::live::Live;
 use crate::message::{Content, Message, MessageKind, Status, now_ms};
@@ -72,7 +73,8 @@ pub struct InboundMessage {
 /// Handles receipts and inbound texts for every carrier.
 pub struct Inbound {
     store: Store,
-    id_formats: HashMap<String, IdFormat>,
+    id_formats: Arc<HashMap<String, IdFormat>>,
+    correlator: Arc<Correlator>,
     live: Arc<Live>,
     audit: Audit,
     queues: Arc<Queues>,
@@ -87,7 +89,24 @@ impl Inbound {
         audit: Audit,
         queues: Arc<Queues>,
     ) -> Arc<Self> {
-        Arc::new(Inbound { store, id_formats, live, audit, queues })
+        let correlator = Arc::new(Correlator::default());
+        Arc::new(Inbound { store, id_formats: Arc::new(id_formats), correlator, live, audit, queues })
+    }
+
+    /// Matches receipts that wait for an id written another way (see [`Correlator`]), every
+    /// two seconds until `shutdown`.
+    pub async fn retry_parked_receipts(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.correlator.retry_parked(&self.store, now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => debug!(adopted = n, "parked receipts matched with their id written another way"),
+                Err(e) => warn!(error = %e, "retrying parked receipts failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     async fn handle(&self, carrier: &str, sm: ShortMessage) -> u32 {
@@ -102,11 +121,19 @@ impl Inbound {
             return status::OK;
         };
         let format = self.id_formats.get(carrier).copied().unwrap_or_default();
-        let op = Op::Receipt {
-            carrier: carrier.to_string(),
-            carrier_message_id: normalize_id(&r.id, format),
-            outcome: r.outcome,
-        };
+        self.correlator.saw_receipt(carrier, &r.id);
+        let mut carrier_message_id = normalize_id(&r.id, format);
+        // Not in the configured form: maybe in another writing of the same number.
+        match self.store.knows_carrier_id(carrier, &carrier_message_id) {
+            Ok(true) => {}
+            Ok(false) => match self.correlator.find(&self.store, carrier, r.id.trim()) {
+                Ok(Some((_, id))) => carrier_message_id = id,
+                Ok(None) => {}
+                Err(e) => warn!(carrier, error = %e, "receipt id fallback lookup failed"),
+            },
+            Err(e) => warn!(carrier, error = %e, "receipt index lookup failed"),
+        }
+        let op = Op::Receipt { carrier: carrier.to_string(), carrier_message_id, outcome: r.outcome };
         match self.store.commit_one(op).await {
             Ok(OpResult::Updated { status, became_final, created_ms, .. }) => {
                 m::receipt(carrier, "matched");
@@ -178,9 +205,11 @@ impl Inbound {
     async fn store_mo(&self, carrier: &str, sm: &ShortMessage) -> Result<(), crate::store::StoreError> {
         let crypto = self.store.crypto().clone();
         let now = now_ms();
+        let config = self.live.config();
+        let country = config.carriers.iter().find(|c| c.name == carrier).and_then(|c| c.country.as_deref());
         let content = InboundContent {
-            from: address(&sm.source.addr, sm.source.ton),
-            to: address(&sm.dest.addr, sm.dest.ton),
+            from: address(&sm.source.addr, sm.source.ton, country),
+            to: address(&sm.dest.addr, sm.dest.ton, country),
             body: decode_text(sm),
         };
         let compliance = self.live.compliance();
@@ -288,6 +317,7 @@ impl InboundHandler for Inbound {
         let this = Inbound {
             store: self.store.clone(),
             id_formats: self.id_formats.clone(),
+            correlator: self.correlator.clone(),
             live: self.live.clone(),
             audit: self.audit.clone(),
             queues: self.queues.clone(),
@@ -312,9 +342,15 @@ pub fn list(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<Inbou
         .collect())
 }
 
-/// International numbers (TON 1) get their `+` back.
-fn address(addr: &str, ton: u8) -> String {
-    if ton == 1 && !addr.starts_with('+') { format!("+{addr}") } else { addr.to_string() }
+/// An address from the carrier in the form the rest of the gateway uses: a phone number in
+/// E.164 (national forms read in the carrier's `country`, see [`E164::from_carrier`]), anything
+/// else (short codes, alphanumeric senders) as given, `+` restored for TON 1.
+fn address(addr: &str, ton: u8, country: Option<&str>) -> String {
+    match E164::from_carrier(addr, ton, country) {
+        Some(n) => n.as_str().to_string(),
+        None if ton == 1 && !addr.starts_with('+') => format!("+{addr}"),
+        None => addr.to_string(),
+    }
 }
 
 /// Decodes an inbound text; a UDH (esm_class 0x40) is skipped.
@@ -363,8 +399,11 @@ mod tests {
     }
 
     #[test]
-    fn international_addresses_get_a_plus() {
-        assert_eq!(address("15551234567", 1), "+15551234567");
-        assert_eq!(address("12345", 3), "12345");
+    fn addresses_become_the_numbers_sends_use() {
+        assert_eq!(address("15551234567", 1, None), "+15551234567");
+        assert_eq!(address("12345", 3, Some("US")), "12345");
+        assert_eq!(address("14155550123", 0, None), "+14155550123");
+        assert_eq!(address("4155550123", 0, Some("US")), "+14155550123");
+        assert_eq!(address("CLINIC", 5, Some("US")), "CLINIC");
     }
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod compliance;
 pub mod config;
+pub mod correlate;
 pub mod crypto;
 pub mod demo;
 pub mod dispatch;

@@ -29,6 +29,8 @@ pub const QUEUE_DEPTH: &str = "smsgate_queue_depth";
 pub const SMPP_BINDS: &str = "smsgate_smpp_binds";
 /// `smpp_throttled_total{carrier}`
 pub const SMPP_THROTTLED: &str = "smsgate_smpp_throttled_total";
+/// `receipt_id_fallback_total{carrier,form}`
+pub const RECEIPT_ID_FALLBACK: &str = "smsgate_receipt_id_fallback_total";
 /// `smpp_inbound_throttled_total{carrier}`
 pub const SMPP_INBOUND_THROTTLED: &str = "smsgate_smpp_inbound_throttled_total";
 /// `smpp_window_in_use{carrier}`
@@ -127,6 +129,10 @@ fn describe() {
     describe_gauge!(SMPP_BINDS, "SMPP sessions by state");
     describe_counter!(SMPP_THROTTLED, "submit_sm answered with ESME_RTHROTTLED or ESME_RMSGQFUL");
     describe_counter!(
+        RECEIPT_ID_FALLBACK,
+        "Receipts matched only with their id written another way (form); set the carrier's id formats"
+    );
+    describe_counter!(
         SMPP_INBOUND_THROTTLED,
         "deliver_sm answered with ESME_RTHROTTLED because the bind already had its cap of them in progress"
     );
@@ -223,6 +229,11 @@ pub fn bind_state(carrier: &str, state: &'static str, delta: f64) {
 /// Throttling answer from a carrier.
 pub fn throttled(carrier: &str) {
     counter!(SMPP_THROTTLED, "carrier" => carrier.to_string()).increment(1);
+}
+
+/// A receipt matched with its id written another way.
+pub fn receipt_id_fallback(carrier: &str, form: &'static str) {
+    counter!(RECEIPT_ID_FALLBACK, "carrier" => carrier.to_string(), "form" => form).increment(1);
 }
 
 /// A `deliver_sm` turned away: too many in progress on its bind.

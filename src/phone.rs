@@ -46,6 +46,49 @@ impl E164 {
         Ok(E164(parsed.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
+    /// [`E164::parse`] after dropping the separators people write in numbers (spaces, dashes,
+    /// dots, parentheses): `+1 (415) 555-0123` is `+14155550123`. The one normalisation for
+    /// numbers given by API clients and imports, so a number reaches the opt-out registry in
+    /// the same form as the sends checked against it.
+    pub fn normalize(input: &str) -> Result<Self, PhoneError> {
+        let compact: String = input.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\u{a0}')).collect();
+        Self::parse(compact.trim())
+    }
+
+    /// A handset's address as a carrier gives it (`addr` with its type of number), in E.164
+    /// when it is a phone number at all (`None` for alphanumeric senders and short codes):
+    /// international (TON 1, or a leading `+`) as is; national (TON 2) and unknown (TON 0)
+    /// forms are read in the carrier's `country` (`14155550123` and `4155550123` in `US` are
+    /// both `+14155550123`), and an unknown-type address that is not valid there is tried as
+    /// international. Without a country, national forms cannot be read: an unknown-type
+    /// address is taken as international only with 11 digits or more (a 10-digit national
+    /// number must not become another country's number), else `None`.
+    pub fn from_carrier(addr: &str, ton: u8, country: Option<&str>) -> Option<Self> {
+        let digits = addr.trim().strip_prefix('+').unwrap_or(addr.trim());
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let international = || {
+            let plus = format!("+{digits}");
+            Self::parse(&plus).ok().or_else(|| Self::from_trusted(&plus).ok().filter(|n| n.digits().len() >= 8))
+        };
+        if ton == 1 || addr.trim().starts_with('+') {
+            return international();
+        }
+        let national = country
+            .and_then(|c| c.parse::<phonenumber::country::Id>().ok())
+            .and_then(|id| phonenumber::parse(Some(id), digits).ok())
+            .filter(|n| n.is_valid())
+            .and_then(|n| Self::parse(&n.format().mode(phonenumber::Mode::E164).to_string()).ok());
+        match ton {
+            2 => national,
+            0 => national.or_else(|| {
+                (country.is_some() || digits.len() >= 11).then(|| Self::parse(&format!("+{digits}")).ok()).flatten()
+            }),
+            _ => None,
+        }
+    }
+
     /// Wraps a number that was validated before (read back from the store, or from a carrier,
     /// where refusing it would lose a message). Only the syntax is checked.
     pub fn from_trusted(input: &str) -> Result<Self, PhoneError> {
@@ -304,6 +347,41 @@ mod tests {
     fn accepts_valid_numbers_and_normalises() {
         assert_eq!(E164::parse("+14155550123").unwrap().as_str(), "+14155550123");
         assert_eq!(E164::parse("+447911123456").unwrap().as_str(), "+447911123456");
+    }
+
+    #[test]
+    fn written_forms_normalise_to_one_number() {
+        for written in ["+14155550123", "+1 (415) 555-0123", "+1.415.555.0123", " +1 415 555 0123 "] {
+            assert_eq!(E164::normalize(written).unwrap().as_str(), "+14155550123", "{written:?}");
+        }
+        for bad in ["+1415", "14155550123", "+1 (415) 555-012x", "(415) 555-0123"] {
+            assert!(E164::normalize(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn carrier_addresses_normalise_to_the_number_sends_use() {
+        let us = Some("US");
+        let cases: &[(&str, u8, Option<&str>, Option<&str>)] = &[
+            ("14155550123", 1, None, Some("+14155550123")),
+            ("+14155550123", 0, None, Some("+14155550123")),
+            ("14155550123", 0, None, Some("+14155550123")),
+            ("14155550123", 0, us, Some("+14155550123")),
+            ("4155550123", 0, us, Some("+14155550123")),
+            ("4155550123", 2, us, Some("+14155550123")),
+            ("447911123456", 0, us, Some("+447911123456")),
+            // Without a country a 10-digit national number is not guessed into another country.
+            ("4155550123", 0, None, None),
+            ("4155550123", 2, None, None),
+            // Short codes and alphanumeric senders are not handsets.
+            ("12345", 0, us, None),
+            ("CLINIC", 5, us, None),
+            ("", 0, us, None),
+        ];
+        for &(addr, ton, country, want) in cases {
+            let got = E164::from_carrier(addr, ton, country);
+            assert_eq!(got.as_ref().map(E164::as_str), want, "{addr} TON {ton} in {country:?}");
+        }
     }
 
     #[test]

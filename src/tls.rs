@@ -1,17 +1,28 @@
 //! TLS plumbing (rustls 0.23 with the ring provider): PEM loading, server and client configs,
-//! and self-signed certificates for the demo and the simulator.
+//! certificate pinning, and self-signed certificates for the demo and the simulator.
 //!
 //! Every config is built with an explicit provider, so a dependency that enables another
 //! backend can never make rustls panic at run time over an ambiguous default.
+//!
+//! Pinning: many SMSCs present a self-signed certificate, often one made with `openssl req
+//! -x509`, which marks it as a CA; WebPKI refuses a CA certificate as a server's own
+//! (`CaUsedAsEndEntity`), so `ca_file` cannot trust it. A pin (`pin_sha256`, the base64
+//! SHA-256 of the certificate's SubjectPublicKeyInfo, as in RFC 7469) trusts exactly that key:
+//! alone, the presented key must match a pin (names, dates and issuers are not checked: the
+//! key is the identity); with `ca_file`, the chain must verify as well. The handshake's
+//! signature is always verified against the presented key.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// A TLS setup problem, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -85,28 +96,136 @@ pub fn server_config_mtls(cert: &Path, key: &Path, client_ca: &Path) -> Result<A
     Ok(Arc::new(config))
 }
 
+/// The pin of a certificate: base64 SHA-256 of its SubjectPublicKeyInfo (RFC 7469 form, as
+/// `openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256
+/// -binary | base64` prints it).
+pub fn spki_pin(cert: &CertificateDer<'_>) -> Result<String, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Generate(format!("not an X.509 certificate: {e}")))?;
+    let spki = parsed.tbs_certificate.subject_pki.raw;
+    Ok(B64.encode(::ring::digest::digest(&::ring::digest::SHA256, spki).as_ref()))
+}
+
+/// Reads a pin as written in the config: base64 of 32 bytes, optionally `sha256/`-prefixed.
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
+    let b64 = pin.trim().strip_prefix("sha256/").unwrap_or(pin.trim());
+    B64.decode(b64).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or_else(|| {
+        format!("'{pin}' is not a base64 SHA-256 (44 characters, e.g. from `smsgate check-config --pin FILE`)")
+    })
+}
+
+/// Verifies a server by chain (WebPKI against the roots), by pinned key, or both; a
+/// certificate a chain cannot vouch for gets an error that says how to pin it.
+#[derive(Debug)]
+struct CarrierVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    pins: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CarrierVerifier {
+    fn pin_of(end_entity: &CertificateDer<'_>) -> Option<([u8; 32], String)> {
+        let text = spki_pin(end_entity).ok()?;
+        Some((parse_pin(&text).ok()?, text))
+    }
+}
+
+impl ServerCertVerifier for CarrierVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(chain) = &self.chain
+            && let Err(e) = chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            let self_signed = matches!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+                    | rustls::Error::InvalidCertificate(CertificateError::Other(_))
+            );
+            return Err(match (self_signed, Self::pin_of(end_entity)) {
+                (true, Some((_, pin))) => rustls::Error::General(format!(
+                    "{e}: the server's certificate is not signed by a CA in ca_file (a self-signed certificate \
+                     made with `openssl req -x509` is marked as a CA and cannot be trusted as a server's own). For \
+                     a carrier whose own certificate this is (confirm the pin with them), trust exactly its key \
+                     with pin_sha256 = [\"{pin}\"] and no ca_file"
+                )),
+                _ => e,
+            });
+        }
+        if self.pins.is_empty() {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match Self::pin_of(end_entity) {
+            Some((hash, _)) if self.pins.contains(&hash) => Ok(ServerCertVerified::assertion()),
+            Some((_, pin)) => Err(rustls::Error::General(format!(
+                "the SMSC presented a key whose pin is \"{pin}\", which is not in pin_sha256"
+            ))),
+            None => Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// A client config that verifies the server against `ca_file` (or the Mozilla roots when
-/// none is given), optionally presenting a client certificate. There is no switch to skip
-/// verification: a carrier whose certificate does not verify is a configuration error.
+/// neither a CA file nor pins are given) and/or the pinned keys `pins` (see the module docs),
+/// optionally presenting a client certificate. There is no switch to skip verification: a
+/// carrier whose certificate does not verify is a configuration error.
 pub fn client_config(
     ca_file: Option<&Path>,
+    pins: &[String],
     client_cert: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
+    let pins = pins.iter().map(|p| parse_pin(p)).collect::<Result<Vec<_>, _>>().map_err(TlsError::Generate)?;
+    let roots = match ca_file {
         Some(path) => {
+            let mut roots = RootCertStore::empty();
             for c in load_certs(path)? {
                 roots.add(c)?;
             }
+            Some(roots)
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
+        None if pins.is_empty() => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            Some(roots)
+        }
+        None => None,
+    };
+    let chain = roots
+        .map(|r| WebPkiServerVerifier::builder_with_provider(Arc::new(r), provider()).build())
+        .transpose()
         .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let verifier = Arc::new(CarrierVerifier { chain, pins, provider: provider() });
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_webpki_verifier(verifier);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let config = match client_cert {
         Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         None => builder.with_no_client_auth(),
@@ -170,7 +289,7 @@ mod tests {
         write_self_signed(&["localhost"], &c1, &k1).unwrap();
         write_self_signed(&["localhost"], &c2, &k2).unwrap();
         assert!(server_config(&c1, &k1, &[b"h2"]).is_ok());
-        assert!(client_config(Some(&c1), None).is_ok());
+        assert!(client_config(Some(&c1), &[], None).is_ok());
         assert!(server_config(&c1, &k2, &[]).is_err(), "key of another certificate");
         let missing = dir.path().join("missing.pem");
         assert!(load_certs(&missing).unwrap_err().to_string().contains("missing.pem"));

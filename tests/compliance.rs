@@ -160,6 +160,135 @@ async fn start_replies_are_rate_limited_like_help() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_of_a_number_reaches_the_registry_as_the_number_sends_use() {
+    let certs = Certs::new();
+    let Some(sim) = SimProcess::node(&certs, &[]) else { return };
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), &certs, sim.tls_port(), "default_source = \"12345\"\ncountry = \"US\"");
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    let key = gw.key(vec![Scope::Send, Scope::Read, Scope::Optouts]).await;
+    wait_ready(&gw.client, "sim", 1).await;
+    let c = gw.client.with_token(Some(&key));
+    let blocked = |to: &'static str| {
+        let c = c.clone();
+        async move {
+            let a = send(&c, json!({"to": to, "body": "appointment tomorrow"})).await;
+            (a.status, a.json["error"]["code"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let opted_out = (StatusCode::UNPROCESSABLE_ENTITY, "recipient_opted_out".to_string());
+    // The carrier gives the handset as 14155550147 with TON 0 (the simulator sends digits so).
+    sim.mo("14155550147", "12345", "STOP").await;
+    assert_eq!(blocked("+14155550147").await, opted_out, "TON 0 with the country code");
+    // …or in the national form, read in the carrier's country.
+    sim.mo("4155550148", "12345", "STOP").await;
+    assert_eq!(blocked("+14155550148").await, opted_out, "national form, carrier country US");
+    // Through the API, written as people write numbers.
+    let put = c.raw(Method::PUT, "/v1/opt-outs/%2B1%20(415)%20555-0149", &[], Bytes::new()).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.json);
+    assert_eq!(put.json["number"], "+14155550149");
+    assert_eq!(blocked("+14155550149").await, opted_out, "API form with separators");
+    assert_eq!(c.get("/v1/opt-outs/%2B14155550149").await.status, StatusCode::OK);
+    // A number no plan allows is refused, not stored as a prefix that blocks nothing.
+    let short = c.raw(Method::PUT, "/v1/opt-outs/%2B1415", &[], Bytes::new()).await;
+    assert_eq!((short.status, short.json["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("e164")));
+
+    // A STOP the patient texted is not lifted through the API by accident…
+    let d = c.raw(Method::DELETE, "/v1/opt-outs/%2B14155550147", &[], Bytes::new()).await;
+    assert_eq!((d.status, d.json["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("patient_opt_out")));
+    let d = c.raw(Method::DELETE, "/v1/opt-outs/%2B14155550147?override=patient_stop", &[], Bytes::new()).await;
+    assert_eq!(d.status, StatusCode::CONFLICT, "an override needs its reason");
+    assert_eq!(blocked("+14155550147").await, opted_out);
+    // …only with an explicit override and its reason, which the audit trail keeps.
+    let d = c
+        .raw(
+            Method::DELETE,
+            "/v1/opt-outs/%2B14155550147?override=patient_stop&reason=signed%20consent%20form%20at%20the%20front%20desk",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.json);
+    assert_eq!(blocked("+14155550147").await.0, StatusCode::ACCEPTED);
+    // An opt-out recorded through the API is the operator's to remove.
+    let d = c.raw(Method::DELETE, "/v1/opt-outs/%2B14155550149", &[], Bytes::new()).await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.json);
+    gw.gateway.shutdown().await;
+    let audit = std::fs::read_to_string(smsgate::audit::log_path(data.path())).unwrap();
+    let overridden: Vec<&str> =
+        audit.lines().filter(|l| l.contains("optout.delete") && l.contains("patient_stop")).collect();
+    assert_eq!(overridden.len(), 1, "{audit}");
+    assert!(overridden[0].contains("signed consent form at the front desk"));
+    assert!(!audit.contains("4155550147"), "no numbers in the audit trail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_scoped_opt_outs_hold_for_sends_without_a_from() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let (gw, _data, key) = gateway_with(&certs, sim.tls_port(), "[compliance]\noptout_scope = \"sender\"\n").await;
+    let c = gw.client.with_token(Some(&key));
+    // The patient opted out of 12345, the carrier's default source.
+    let put = c
+        .raw(
+            Method::PUT,
+            "/v1/opt-outs/%2B14155550123",
+            &[("content-type", "application/json")],
+            Bytes::from(json!({"scope": "12345"}).to_string()),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.json);
+    let a = send(&c, json!({"to": TO, "body": "no from: it leaves from 12345"})).await;
+    assert_eq!(a.json["error"]["code"], "recipient_opted_out", "{}", a.json);
+    let a = send(&c, json!({"to": TO, "body": "from another sender", "from": "67890"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
+    gw.gateway.shutdown().await;
+}
+
+/// Entries stored before numbers were normalised and keyed by number first are moved, so
+/// that an old STOP still blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_registry_entries_move_to_the_normalised_number() {
+    use smsgate::compliance::registry;
+    let dir = tempfile::tempdir().unwrap();
+    let crypto = smsgate::crypto::Crypto::parse(&smsgate::crypto::Crypto::generate_file_text()).unwrap();
+    let store = smsgate::store::Store::open(dir.path(), &Default::default(), std::sync::Arc::new(crypto)).unwrap();
+    let crypto = store.crypto();
+    // The old layout (`x/{scope}\0{idx}`), with the number as a carrier once gave it.
+    let old_key = [b"x/*\0".as_slice(), crypto.blind_index("14155550123").as_bytes()].concat();
+    let entry = registry::OptOutEntry {
+        number: crypto.seal(b"14155550123", &old_key),
+        scope: "*".into(),
+        source: "keyword".into(),
+        keyword: Some("STOP".into()),
+        rule: Some("exact".into()),
+        actor: "carrier:sim".into(),
+        at_ms: 1,
+        confirmation_sent: true,
+    };
+    let value = serde_json::to_vec(&entry).unwrap();
+    store.commit(vec![smsgate::store::Op::Put { key: old_key.clone(), value }]).await.unwrap();
+    let consent_key = registry::consent_key(&crypto.blind_index("14155550124"));
+    let consent = registry::ConsentEntry {
+        number: crypto.seal(b"14155550124", &consent_key),
+        source: "keyword:START".into(),
+        consented_ms: 1,
+        actor: "carrier:sim".into(),
+        recorded_ms: 1,
+    };
+    let value = serde_json::to_vec(&consent).unwrap();
+    store.commit(vec![smsgate::store::Op::Put { key: consent_key, value }]).await.unwrap();
+
+    assert_eq!(registry::migrate(&store).await.unwrap(), 2);
+    let idx = crypto.blind_index("+14155550123");
+    let found = registry::find_optout(&store, &idx, &["*".to_string()]).unwrap().expect("the STOP still blocks");
+    assert_eq!((found.source.as_str(), found.keyword.as_deref()), ("keyword", Some("STOP")));
+    assert!(store.get::<registry::OptOutEntry>(&old_key).unwrap().is_none(), "the old entry is gone");
+    assert!(registry::has_consent(&store, &crypto.blind_index("+14155550124")).unwrap());
+    assert_eq!(registry::migrate(&store).await.unwrap(), 0, "idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_and_consent_api() {
     let certs = Certs::new();
     let sim = TestSim::start(&certs, SimConfig::default(), None).await;
@@ -593,7 +722,8 @@ async fn registry_paging_scopes_and_consent_removal() {
     put(n1, json!({"scope": "12345"})).await;
     put(n2, json!({})).await;
     put(n3, json!({"scope": "67890"})).await;
-    // Page by one: every entry once, in order, none skipped at a page boundary.
+    // Page by one: every entry once, none skipped at a page boundary; the order is the
+    // registry's (by blind index), a number's scopes together, global first.
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -611,7 +741,11 @@ async fn registry_paging_scopes_and_consent_removal() {
         }
         assert!(seen.len() <= 10, "paging does not end: {seen:?}");
     }
-    assert_eq!(seen, [format!("{n1} global"), format!("{n1} 12345"), format!("{n2} global"), format!("{n3} 67890")]);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(sorted, [format!("{n1} 12345"), format!("{n1} global"), format!("{n2} global"), format!("{n3} 67890")]);
+    let first_n1 = seen.iter().position(|s| s.starts_with(n1)).unwrap();
+    assert_eq!(seen[first_n1..first_n1 + 2], [format!("{n1} global"), format!("{n1} 12345")], "{seen:?}");
     // ?scope= removes one scope only.
     let d = c.raw(Method::DELETE, "/v1/opt-outs/%2B14155550101?scope=12345", &[], Bytes::new()).await;
     assert_eq!((d.status, d.json["removed"].as_u64()), (StatusCode::OK, Some(1)), "{}", d.json);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A TLS connection to the API on which the test writes raw bytes.
 async fn raw_tls(addr: std::net::SocketAddr, certs: &Certs) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut config = (*smsgate::tls::client_config(Some(&certs.path("api.crt")), None).unwrap()).clone();
+    let mut config = (*smsgate::tls::client_config(Some(&certs.path("api.crt")), &[], None).unwrap()).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -110,7 +110,7 @@ async fn one_connection_over_the_cap_is_refused_and_counted() {
     // The fourth: accepted by the kernel, closed by smsgate before TLS.
     let tcp = tokio::net::TcpStream::connect(gw.gateway.api_addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = smsgate::tls::client_config(Some(&certs.path("api.crt")), None).unwrap();
+    let tls = smsgate::tls::client_config(Some(&certs.path("api.crt")), &[], None).unwrap();
     let refused = tokio::time::timeout(PATIENCE, tokio_rustls::TlsConnector::from(tls).connect(name, tcp)).await;
     assert!(matches!(refused, Ok(Err(_))), "the connection over the cap is closed");
     let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;

@@ -309,3 +309,107 @@ async fn an_untrusted_smsc_certificate_is_refused_with_the_reason() {
     assert_eq!(sim.stats().await["bind_ok"], 0);
     gw.gateway.shutdown().await;
 }
+
+/// `openssl` run with `args` (a failure fails the test); its stdout.
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bind_error(readyz: &Value) -> Option<String> {
+    readyz["carriers"]["sim"]["binds"][0]["last_error"].as_str().map(String::from)
+}
+
+/// A carrier with an `openssl req -x509` certificate (which marks itself a CA): `ca_file`
+/// cannot trust it and the error says how to pin it; `pin_sha256` binds; a wrong pin does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_smsc_certificate_is_trusted_by_its_pin() {
+    if !std::process::Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()) {
+        skip("openssl", "`openssl` is not installed");
+        return;
+    }
+    let certs = Certs::new();
+    let (crt, key) = (certs.path("smsc.crt"), certs.path("smsc.key"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ]);
+    assert!(openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-text"]).contains("CA:TRUE"));
+    // The pin as smsgate prints it is the pin as openssl computes it.
+    let (status, stdout, stderr) = smsgate(&["check-config".as_ref(), "--pin".as_ref(), crt.as_os_str()]);
+    assert!(status.success(), "{stderr}");
+    let pin = stdout.trim().strip_prefix("pin_sha256 = [\"").and_then(|p| p.strip_suffix("\"]")).unwrap().to_string();
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+        crt.display()
+    );
+    let by_openssl = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&by_openssl.stdout).trim(), pin);
+    // The independent simulator presents it (Node's TLS).
+    let Some(sim) = spawn_sim(Kind::Node, &certs, &[]) else { return };
+
+    // As a CA file: never binds, and the error names the way out, with the pin.
+    let (gw, _data) = gateway(&certs, &sim, true, "").await;
+    until(PATIENCE, "the bind error", || async { bind_error(&gw.client.get("/readyz").await.json).is_some() }).await;
+    let err = bind_error(&gw.client.get("/readyz").await.json).unwrap();
+    assert!(err.contains("CaUsedAsEndEntity") && err.contains(&format!("pin_sha256 = [\"{pin}\"]")), "{err}");
+    gw.gateway.shutdown().await;
+
+    // A pin that is not this key's: refused, saying which key was presented.
+    let ca_line = format!("ca_file = \"{}\"\n", crt.display());
+    let other = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let data = tempfile::tempdir().unwrap();
+    let text =
+        config_text(data.path(), &certs, sim.tls_port(), &format!("pin_sha256 = [\"{other}\"]")).replace(&ca_line, "");
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    until(PATIENCE, "the bind error", || async { bind_error(&gw.client.get("/readyz").await.json).is_some() }).await;
+    let err = bind_error(&gw.client.get("/readyz").await.json).unwrap();
+    assert!(err.contains("not in pin_sha256") && err.contains(&pin), "{err}");
+    gw.gateway.shutdown().await;
+
+    // Its pin: binds and delivers.
+    let data = tempfile::tempdir().unwrap();
+    let text =
+        config_text(data.path(), &certs, sim.tls_port(), &format!("pin_sha256 = [\"{pin}\"]")).replace(&ca_line, "");
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    wait_ready(&gw.client, "sim", 1).await;
+    let ids = send_all(&gw, &["pinned".to_string()]).await;
+    let done = wait_final(&gw, &ids, PATIENCE).await;
+    assert_eq!(done[0]["status"], "delivered", "{}", done[0]);
+    gw.gateway.shutdown().await;
+}
+
+/// A carrier with hexadecimal `submit_sm_resp` ids and receipts that carry the id only in
+/// their text, in decimal: delivered with no id format configured, the fallback counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_with_decimal_ids_match_hex_submit_ids_without_configuration() {
+    let certs = Certs::new();
+    let sim = SimProcess::builtin(&certs, &["--msgid-start", "1000", "--receipt-id-decimal-text"]);
+    let (gw, _data) = gateway(&certs, &sim, true, "").await;
+    let ids = send_all(&gw, &bodies("dec-receipt", 8)).await;
+    let done = wait_final(&gw, &ids, PATIENCE).await;
+    for m in &done {
+        assert_eq!(m["status"], "delivered", "{m}");
+    }
+    // The ids really differ in form: hex in the answer, decimal in the receipt.
+    assert!(
+        done.iter().any(|m| m["carrier_message_ids"][0].as_str().unwrap().bytes().any(|b| b.is_ascii_alphabetic()))
+    );
+    let exposition = http_text(gw.gateway.metrics_addr, "/metrics").await;
+    let counted =
+        metric(&exposition, "smsgate_receipt_id_fallback_total{carrier=\"sim\",form=\"dec_receipt_hex_submit\"}");
+    assert!(counted.unwrap_or(0.0) >= 1.0, "{exposition}");
+    gw.gateway.shutdown().await;
+}

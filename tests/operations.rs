@@ -485,3 +485,74 @@ async fn files_are_private_from_the_start_and_the_process_dumps_no_core() {
     gw.signal("TERM");
     assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_file_is_refused_by_every_command_and_nothing_is_half_used() {
+    let certs = Certs::new();
+    let sim = SimProcess::builtin(&certs, &[]);
+    let data = tempfile::tempdir().unwrap();
+    let (config, token) = config_file(&certs, data.path(), sim.tls_port(), "");
+    let mut gw = start(&config, certs.path("keys.log"), None);
+    let client = gw.client(&certs, &token);
+    ready(&client).await;
+    let put = client.raw(hyper::Method::PUT, "/v1/opt-outs/%2B14155550147", &[], bytes::Bytes::new()).await;
+    assert_eq!(put.status, StatusCode::OK);
+    let out = certs.path("keys.backup");
+    let (status, _, stderr) =
+        smsgate(&["backup".as_ref(), "--out".as_ref(), out.as_os_str(), "--config".as_ref(), config.as_os_str()]);
+    assert!(status.success(), "{stderr}");
+    gw.signal("TERM");
+    assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
+
+    // A freshly generated key file, as an operator might pick up by mistake.
+    let other = certs.path("other.keys");
+    let (status, _, stderr) =
+        smsgate(&["keys".as_ref(), "init-data-keys".as_ref(), "--out".as_ref(), other.as_os_str()]);
+    assert!(status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let keys = certs.path("data.keys").display().to_string();
+    let wrong = certs.path("wrong.toml");
+    std::fs::write(&wrong, text.replace(&keys, &other.display().to_string())).unwrap();
+    let expect_refusal = |args: &[&std::ffi::OsStr], what: &str| {
+        let (status, stdout, stderr) = smsgate(args);
+        assert!(!status.success(), "{what} with the wrong key file: {stdout}");
+        // The backup's MAC key derives from the index key: the restore finds out first.
+        let named = (stderr.contains("wrong data keys") && stderr.contains("'index' key"))
+            || (what == "restore" && stderr.contains("made with other data keys"));
+        assert!(named, "{what}: {stderr}");
+    };
+    expect_refusal(&["serve".as_ref(), "--config".as_ref(), wrong.as_os_str()], "serve");
+    let csv = certs.path("optouts.csv");
+    expect_refusal(
+        &[
+            "optouts".as_ref(),
+            "export".as_ref(),
+            "--out".as_ref(),
+            csv.as_os_str(),
+            "--config".as_ref(),
+            wrong.as_os_str(),
+        ],
+        "optouts export",
+    );
+    assert!(!csv.exists() || std::fs::read_to_string(&csv).unwrap().is_empty(), "nothing exported");
+    expect_refusal(&["keys".as_ref(), "list".as_ref(), "--config".as_ref(), wrong.as_os_str()], "keys list");
+    // Restore with the wrong keys: refused, and nothing written.
+    let empty = tempfile::tempdir().unwrap();
+    let wrong_restore = certs.path("wrong-restore.toml");
+    std::fs::write(
+        &wrong_restore,
+        config_text(empty.path(), &certs, sim.tls_port(), "").replace(&keys, &other.display().to_string()),
+    )
+    .unwrap();
+    expect_refusal(&["restore".as_ref(), out.as_os_str(), "--config".as_ref(), wrong_restore.as_os_str()], "restore");
+    assert!(!empty.path().join("store/db").exists(), "nothing restored");
+
+    // With the right keys everything is still there: the number stays blocked.
+    let mut gw = start(&config, certs.path("keys.log"), None);
+    let client = gw.client(&certs, &token);
+    ready(&client).await;
+    let send = client.post("/v1/messages", &json!({"to": "+14155550147", "body": "still blocked"})).await;
+    assert_eq!(send.json["error"]["code"], "recipient_opted_out", "{}", send.json);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
+}

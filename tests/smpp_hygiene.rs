@@ -81,6 +81,13 @@ async fn gateway_with(
     sections: &str,
     faults: smsgate::faults::Faults,
 ) -> (Certs, TestGateway, tempfile::TempDir) {
+    let (certs, text, data) = script_config(listener, extra, sections);
+    let gw = TestGateway::start_with(parse_config(&text), &certs, faults).await;
+    (certs, gw, data)
+}
+
+/// The config text for a gateway whose one carrier is the scripted SMSC on `listener`.
+fn script_config(listener: &TcpListener, extra: &str, sections: &str) -> (Certs, String, tempfile::TempDir) {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -88,8 +95,7 @@ async fn gateway_with(
         .replace("tls = true", "tls = false")
         .replace(&format!("ca_file = \"{}\"\n", certs.path("smsc.crt").display()), "")
         .replace("[dispatch]\nretry_base_ms = 200", &format!("[dispatch]\nretry_base_ms = 50\n{sections}"));
-    let gw = TestGateway::start_with(parse_config(&text), &certs, faults).await;
-    (certs, gw, data)
+    (certs, text, data)
 }
 
 fn history_details(m: &serde_json::Value) -> Vec<String> {
@@ -354,5 +360,49 @@ async fn a_flood_of_deliver_sm_is_throttled_past_the_per_bind_cap() {
     assert_eq!(ok, (1..=cap).collect::<Vec<_>>());
     let listed = gw.client.get("/v1/inbound?limit=500").await.json;
     assert_eq!(listed["inbound"].as_array().unwrap().len(), cap as usize, "{listed}");
+    gw.gateway.shutdown().await;
+}
+
+fn text_receipt(id: &str, stat: &str) -> ShortMessage {
+    ShortMessage {
+        esm_class: 0x04,
+        short_message: Bytes::from(format!(
+            "id:{id} sub:001 dlvrd:001 submit date:2601011200 done date:2601011201 stat:{stat} err:000"
+        )),
+        ..Default::default()
+    }
+}
+
+/// A hexadecimal carrier's early receipt (`26`, before its submit_sm_resp) must not be taken
+/// for another message whose id is the same number in another base (`1a` = 26).
+#[tokio::test]
+async fn an_early_receipt_is_not_matched_to_another_message_by_another_reading_of_its_id() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // Answers may take long here (the test waits for the parked receipt's retries).
+    let (certs, text, _data) = script_config(&listener, "", "");
+    let text = text.replace("response_timeout_secs = 3", "response_timeout_secs = 30");
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    let mut peer = Peer::accept(&listener).await;
+    let a = gw.client.post("/v1/messages", &json!({"to": "+14155550123", "body": "message a"})).await;
+    let b = gw.client.post("/v1/messages", &json!({"to": "+14155550124", "body": "message b"})).await;
+    let (a, b) = (a.json["id"].as_str().unwrap().to_string(), b.json["id"].as_str().unwrap().to_string());
+    let sa = peer.next_non_keepalive().await;
+    let sb = peer.next_non_keepalive().await;
+    // The carrier writes ids in hex; nothing says yet that its receipts are decimal.
+    peer.send(&pdu::submit_sm_resp(sa.seq, status::OK, "1a").unwrap()).await;
+    gw.client.wait_message(&a, PATIENCE, |m| m["status"] == "submitted").await;
+    // B's receipt overtakes B's submit_sm_resp.
+    peer.send(&pdu::encode_deliver_sm(70, &text_receipt("26", "UNDELIV")).unwrap()).await;
+    let r = peer.next_non_keepalive().await;
+    assert_eq!((r.command_id, r.status), (0x8000_0005, status::OK));
+    // Past the moment after which parked receipts are tried in other forms.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ma = gw.client.get(&format!("/v1/messages/{a}")).await.json;
+    assert_eq!(ma["status"], "submitted", "A is untouched: {ma}");
+    // B's submit_sm_resp: the parked receipt is B's.
+    peer.send(&pdu::submit_sm_resp(sb.seq, status::OK, "26").unwrap()).await;
+    let mb = gw.client.wait_message(&b, PATIENCE, |m| m["status"] == "undeliverable").await;
+    assert_eq!(mb["status"], "undeliverable", "{mb}");
+    assert_eq!(gw.client.get(&format!("/v1/messages/{a}")).await.json["status"], "submitted");
     gw.gateway.shutdown().await;
 }

@@ -67,6 +67,7 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
         .route(request.to.as_str(), request.from.as_deref(), request.category.as_deref())
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
+    let senders = config.effective_senders(request.from.as_deref(), &route);
     let seq = state.store.next_seq().map_err(store_error)?;
     let mut msg = send::build_message(request, &principal.key_id, seq, route, config.dispatch.default_validity_secs);
     if msg.callback_url.is_none() {
@@ -89,7 +90,7 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     let plan = state
         .live
         .compliance()
-        .check_accept(&state.store, &crypto, &msg, None, principal.content_action)
+        .check_accept(&state.store, &crypto, &msg, &senders, None, principal.content_action)
         .map_err(store_error)?
         .map_err(rejection)?;
     if let Some(due) = plan.due_ms {

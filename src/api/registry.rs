@@ -14,11 +14,14 @@ use crate::message::{now_ms, rfc3339};
 use crate::phone::E164;
 use crate::store::Op;
 
+/// The number in a path, normalised as sends normalise `to` (so the registry holds exactly
+/// the form sends are checked against).
 fn number(raw: &str) -> Result<E164, ApiError> {
-    // The path segment may arrive percent-encoded (%2B for '+').
-    let decoded = raw.replace("%2B", "+").replace("%2b", "+");
-    E164::from_trusted(&decoded).map_err(|_| {
-        ApiError::invalid("e164", "The path must end in an E.164 number, e.g. /v1/opt-outs/%2B14155550123.")
+    E164::normalize(&percent_decode(raw)).map_err(|_| {
+        ApiError::invalid(
+            "e164",
+            "The path must end in a valid E.164 number with its '+' percent-encoded, e.g. /v1/opt-outs/%2B14155550123.",
+        )
     })
 }
 
@@ -53,13 +56,10 @@ pub fn get_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     authorize(state, req, Scope::Optouts)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
-    let entries: Vec<Value> = state
-        .store
-        .scan_with_keys::<OptOutEntry>(registry::OPTOUT)
+    let entries: Vec<Value> = registry::optouts_of(&state.store, &idx)
         .map_err(store_error)?
-        .into_iter()
-        .filter(|(k, _)| k.ends_with(idx.as_bytes()))
-        .map(|(_, e)| optout_view(n.as_str(), &e))
+        .iter()
+        .map(|(_, e)| optout_view(n.as_str(), e))
         .collect();
     if entries.is_empty() {
         return Err(ApiError::not_found("opt-out for this number"));
@@ -67,28 +67,28 @@ pub fn get_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "opt_outs": entries})), &idx))
 }
 
-/// `GET /v1/opt-outs?after=CURSOR&limit=N`: the registry, ordered by number, then scope. The
-/// cursor (`next`) is `NUMBER:SCOPE` of the last entry, so that a number with several scopes
-/// is never split across pages and skipped.
+/// `GET /v1/opt-outs?after=CURSOR&limit=N`: the registry in storage order (by blind index,
+/// so by no property of the numbers), a number's scopes together. Only the page is read and
+/// opened; the cursor (`next`) is opaque (the last entry's key, base64url).
 pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR;
     authorize(state, req, Scope::Optouts)?;
     let q = query(req);
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
-    let mut all = registry::list_optouts(&state.store).map_err(store_error)?;
-    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.scope.cmp(&b.1.scope)));
-    let after = q.get("after").map(|a| match a.split_once(':') {
-        Some((n, scope)) => (n.to_string(), scope.to_string()),
-        // A bare number (the older cursor form): everything after that number.
-        None => (a.to_string(), "\u{10FFFF}".to_string()),
-    });
-    let page: Vec<(&String, &OptOutEntry)> = all
-        .iter()
-        .filter(|(n, e)| after.as_ref().is_none_or(|(an, ascope)| (n, &e.scope) > (an, ascope)))
-        .take(limit)
-        .map(|(n, e)| (n, e))
-        .collect();
-    let next = (page.len() == limit).then(|| page.last().map(|(n, e)| format!("{n}:{}", e.scope))).flatten();
-    let view: Vec<Value> = page.iter().map(|(n, e)| optout_view(n, e)).collect();
+    let after = match q.get("after") {
+        None => None,
+        Some(c) => Some(
+            CURSOR
+                .decode(c)
+                .ok()
+                .filter(|k| k.starts_with(registry::OPTOUT))
+                .ok_or_else(|| ApiError::invalid("after", "'after' is not a cursor this endpoint returned."))?,
+        ),
+    };
+    let page = registry::optout_page(&state.store, after.as_deref(), limit).map_err(store_error)?;
+    let next = page.next.map(|k| CURSOR.encode(k));
+    let view: Vec<Value> = page.entries.iter().map(|(n, e)| optout_view(n, e)).collect();
     Ok(json_response(StatusCode::OK, &json!({"opt_outs": view, "next": next})))
 }
 
@@ -106,6 +106,10 @@ pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled
             match body.get("scope") {
                 None => GLOBAL.to_string(),
                 Some(Value::String(s)) if s == "global" => GLOBAL.to_string(),
+                // A sender that is a phone number is written as sends write `from`.
+                Some(Value::String(s)) if s.starts_with('+') => E164::normalize(s)
+                    .map(|n| n.as_str().to_string())
+                    .map_err(|_| ApiError::invalid("scope", "'scope' is not a valid E.164 sender number."))?,
                 Some(Value::String(s)) if !s.is_empty() && s.len() <= 15 && s != GLOBAL => s.clone(),
                 Some(_) => return Err(ApiError::invalid("scope", "'scope' is \"global\" or a sender id (a string).")),
             }
@@ -142,21 +146,36 @@ pub async fn delete_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Han
     let p = authorize(state, req, Scope::Optouts)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
-    let wanted = query(req).get("scope").map(|s| if s == "global" { GLOBAL.to_string() } else { s.clone() });
-    let keys: Vec<Vec<u8>> = state
-        .store
-        .scan_with_keys::<OptOutEntry>(registry::OPTOUT)
+    let q = query(req);
+    let wanted = q.get("scope").map(|s| if s == "global" { GLOBAL.to_string() } else { s.clone() });
+    let entries: Vec<(Vec<u8>, OptOutEntry)> = registry::optouts_of(&state.store, &idx)
         .map_err(store_error)?
         .into_iter()
-        .filter(|(k, e)| k.ends_with(idx.as_bytes()) && wanted.as_ref().is_none_or(|w| *w == e.scope))
-        .map(|(k, _)| k)
+        .filter(|(_, e)| wanted.as_ref().is_none_or(|w| *w == e.scope))
         .collect();
-    if keys.is_empty() {
+    if entries.is_empty() {
         return Err(ApiError::not_found("opt-out for this number"));
     }
-    let removed = keys.len();
-    state.store.commit(keys.into_iter().map(|key| Op::Delete { key }).collect()).await.map_err(store_error)?;
-    audit(state, &p, "optout.delete", &idx, "removed");
+    // The patient texted STOP: under the TCPA only the patient lifts that (by texting START).
+    // An operator who has the patient's consent otherwise must say so, and it is audited.
+    let texted = entries.iter().any(|(_, e)| e.source == "keyword");
+    let reason = q.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty() && r.chars().count() <= 200);
+    let overridden = q.get("override").map(String::as_str) == Some("patient_stop");
+    if texted && !(overridden && reason.is_some()) {
+        return Err(ApiError::conflict(
+            "patient_opt_out",
+            "The patient opted out by text; only their START lifts it. If the patient has given consent another \
+             way, repeat with ?override=patient_stop&reason=<how consent was given, no PHI, at most 200 \
+             characters>; the audit trail records it.",
+        ));
+    }
+    let removed = entries.len();
+    state.store.commit(entries.into_iter().map(|(key, _)| Op::Delete { key }).collect()).await.map_err(store_error)?;
+    let mut event = Event::new(format!("key:{}", p.key_id), "optout.delete", format!("idx:{idx}"), "removed");
+    if texted {
+        event = event.detail(json!({"override": "patient_stop", "reason": reason}));
+    }
+    state.audit.record(event);
     Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "removed": removed})), &idx))
 }
 
@@ -253,21 +272,5 @@ fn query(req: &ApiRequest) -> std::collections::HashMap<String, String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }

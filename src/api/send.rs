@@ -66,10 +66,11 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
         return Err(ApiError::unknown_field(unknown));
     }
     let to = opt_string(obj, "to")?.ok_or_else(|| ApiError::missing("to"))?;
-    let to = E164::parse(to).map_err(|e| match e {
+    let to = E164::normalize(to).map_err(|e| match e {
         PhoneError::NotE164 => ApiError::invalid(
             "to",
-            "'to' must be an E.164 number: '+', country code and number, digits only (e.g. +14155550123).",
+            "'to' must be an E.164 number: '+', country code and number (e.g. +14155550123); spaces, dashes, dots \
+             and parentheses are ignored.",
         ),
         PhoneError::Invalid => ApiError::invalid("to", "'to' is not a valid phone number for its country code."),
     })?;

@@ -133,9 +133,10 @@ impl Compliance {
         }
     }
 
-    /// Scopes checked for a send from `sender`.
-    pub fn scopes(&self, sender: Option<&str>) -> Vec<String> {
-        registry::scopes_for(self.config.optout_scope == OptOutScope::Sender, sender)
+    /// Scopes checked for a send that may leave from any of `senders` (its `from`, or the
+    /// default sources of the carriers it may go through).
+    pub fn scopes(&self, senders: &[String]) -> Vec<String> {
+        registry::scopes_for(self.config.optout_scope == OptOutScope::Sender, senders)
     }
 
     /// Whether an automatic reply of `kind` ("help", "optin") may go to `idx` now (at most
@@ -158,12 +159,15 @@ impl Compliance {
         quiet::recipient_zone(explicit.or(msg.recipient_tz.as_deref()), &msg.content.to, &self.default_tz)
     }
 
-    /// Checks a new message; `content_action` is the key's override or the configured action.
+    /// Checks a new message; `senders` are the addresses it may leave from (see
+    /// `Config::effective_senders`), `content_action` is the key's override or the configured
+    /// action.
     pub fn check_accept(
         &self,
         store: &Store,
         crypto: &Crypto,
         msg: &Message,
+        senders: &[String],
         recipient_timezone: Option<&str>,
         content_action: Option<ContentAction>,
     ) -> Result<Result<AcceptPlan, Rejection>, StoreError> {
@@ -174,7 +178,7 @@ impl Compliance {
             return Ok(Ok(plan));
         }
         let idx = crypto.blind_index(&msg.content.to);
-        if registry::find_optout(store, &idx, &self.scopes(msg.content.from.as_deref()))?.is_some() {
+        if registry::find_optout(store, &idx, &self.scopes(senders))?.is_some() {
             return Ok(Err(Rejection::OptedOut));
         }
         if self.config.require_consent && !registry::has_consent(store, &idx)? {
@@ -240,20 +244,23 @@ impl Compliance {
         Ok(Ok(plan))
     }
 
-    /// Checks a message about to be submitted: opt-outs and consent may have changed since
-    /// accept, and a retry may have drifted into quiet hours.
+    /// Checks a message about to be submitted from `sender` (its `from`, or the carrier's
+    /// default source): opt-outs and consent may have changed since accept, and a retry may
+    /// have drifted into quiet hours.
     pub fn check_dispatch(
         &self,
         store: &Store,
         crypto: &Crypto,
         msg: &Message,
+        sender: Option<&str>,
         now: u64,
     ) -> Result<DispatchVerdict, StoreError> {
         if msg.kind == MessageKind::AutoReply {
             return Ok(DispatchVerdict::Proceed);
         }
         let idx = crypto.blind_index(&msg.content.to);
-        if registry::find_optout(store, &idx, &self.scopes(msg.content.from.as_deref()))?.is_some() {
+        let senders: Vec<String> = sender.map(String::from).into_iter().collect();
+        if registry::find_optout(store, &idx, &self.scopes(&senders))?.is_some() {
             return Ok(DispatchVerdict::Block("recipient_opted_out"));
         }
         if self.config.require_consent && !registry::has_consent(store, &idx)? {

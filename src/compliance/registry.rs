@@ -1,6 +1,11 @@
 //! The opt-out and consent registries, keyed by the blind index of the number (so the store
 //! holds no number in clear); each entry keeps the number sealed, for listing and export, and
 //! who/when/how it was recorded.
+//!
+//! Opt-outs are keyed by number first (`x/{idx}\0{scope}`): a send checks one key per scope,
+//! and everything recorded for one number is one short prefix scan, however large the
+//! registry. Numbers are always E.164 as `phone::E164::normalize` or `E164::from_carrier`
+//! make them, so a STOP and the sends it must block hash alike.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,16 +15,21 @@ use crate::store::{Op, Store, StoreError};
 /// Scope of a global opt-out.
 pub const GLOBAL: &str = "*";
 
-/// Opt-outs: `x/{scope}\0{blind index}`.
+/// Opt-outs: `x/{blind index}\0{scope}`.
 pub const OPTOUT: &[u8] = b"x/";
 /// Consents: `y/{blind index}`.
 pub const CONSENT: &[u8] = b"y/";
 /// Frequency counters: `f/{blind index}\0{category}\0{YYYYMMDD}` (u64 BE).
 pub const FREQUENCY: &[u8] = b"f/";
 
-/// `x/{scope}\0{idx}`
+/// `x/{idx}\0{scope}`
 pub fn optout_key(scope: &str, idx: &str) -> Vec<u8> {
-    [OPTOUT, scope.as_bytes(), b"\0", idx.as_bytes()].concat()
+    [OPTOUT, idx.as_bytes(), b"\0", scope.as_bytes()].concat()
+}
+
+/// `x/{idx}\0`: every scope of one number.
+fn optout_prefix(idx: &str) -> Vec<u8> {
+    [OPTOUT, idx.as_bytes(), b"\0"].concat()
 }
 
 /// `y/{idx}`
@@ -71,12 +81,12 @@ pub struct ConsentEntry {
     pub recorded_ms: u64,
 }
 
-/// The scopes to look at for a send from `sender` under the configured mode: the global one,
-/// and the sender's own in `sender` mode.
-pub fn scopes_for(per_sender: bool, sender: Option<&str>) -> Vec<String> {
+/// The scopes to look at for a send that may leave from any of `senders` under the
+/// configured mode: the global one, and in `sender` mode each sender's own.
+pub fn scopes_for(per_sender: bool, senders: &[String]) -> Vec<String> {
     let mut v = vec![GLOBAL.to_string()];
-    if per_sender && let Some(s) = sender {
-        v.push(s.to_string());
+    if per_sender {
+        v.extend(senders.iter().filter(|s| !s.is_empty() && s.as_str() != GLOBAL).cloned());
     }
     v
 }
@@ -147,6 +157,89 @@ pub fn consent_op(
 /// Opens an entry's number.
 pub fn number_of(crypto: &Crypto, key: &[u8], sealed: &Sealed) -> Option<String> {
     crypto.open(sealed, key).ok().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Every opt-out recorded for `idx` (all scopes), with their keys.
+pub fn optouts_of(store: &Store, idx: &str) -> Result<Vec<(Vec<u8>, OptOutEntry)>, StoreError> {
+    store.scan_with_keys::<OptOutEntry>(&optout_prefix(idx))
+}
+
+/// One page of the registry.
+pub struct OptOutPage {
+    /// (number, entry), in key order.
+    pub entries: Vec<(String, OptOutEntry)>,
+    /// The last key read, when the page is full (more may follow): the next page's start.
+    pub next: Option<Vec<u8>>,
+}
+
+/// One page of the registry in key order, after the key `after` (exclusive). Only the page
+/// is read and opened.
+pub fn optout_page(store: &Store, after: Option<&[u8]>, limit: usize) -> Result<OptOutPage, StoreError> {
+    let start = match after {
+        Some(k) => [k, b"\0"].concat(),
+        None => OPTOUT.to_vec(),
+    };
+    let end = [&OPTOUT[..OPTOUT.len() - 1], &[OPTOUT[OPTOUT.len() - 1] + 1]].concat();
+    let crypto = store.crypto().clone();
+    let read = store.range::<OptOutEntry>(&start, &end, limit)?;
+    let next = (read.len() == limit).then(|| read.last().map(|(k, _)| k.clone())).flatten();
+    let entries = read.into_iter().filter_map(|(key, e)| Some((number_of(&crypto, &key, &e.number)?, e))).collect();
+    Ok(OptOutPage { entries, next })
+}
+
+/// The canonical form of a number stored before every number was normalised.
+fn canonical(number: &str) -> String {
+    crate::phone::E164::normalize(number)
+        .ok()
+        .or_else(|| crate::phone::E164::from_carrier(number, 0, None))
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_else(|| number.to_string())
+}
+
+/// Brings entries written before the current layout and normalisation up to date: opt-outs
+/// to `x/{idx}\0{scope}`, and opt-outs and consents under the index of their normalised
+/// number (a STOP stored as `14155550123` blocks `+14155550123`). Idempotent; returns how
+/// many entries moved.
+pub async fn migrate(store: &Store) -> Result<usize, StoreError> {
+    let crypto = store.crypto().clone();
+    let mut ops = Vec::new();
+    let mut written = std::collections::HashSet::new();
+    for (key, entry) in store.scan_with_keys::<OptOutEntry>(OPTOUT)? {
+        let Some(number) = number_of(&crypto, &key, &entry.number) else { continue };
+        let number = canonical(&number);
+        let new_key = optout_key(&entry.scope, &crypto.blind_index(&number));
+        if new_key == key {
+            continue;
+        }
+        // Two old forms of one number: keep one entry, a texted STOP over anything else.
+        let keep_existing = written.contains(&new_key)
+            || store.get::<OptOutEntry>(&new_key)?.is_some_and(|e| e.source == "keyword" || entry.source != "keyword");
+        if !keep_existing {
+            let moved = OptOutEntry { number: crypto.seal(number.as_bytes(), &new_key), ..entry };
+            ops.push(Op::Put { value: crate::store::encode(&new_key, &moved)?, key: new_key.clone() });
+            written.insert(new_key);
+        }
+        ops.push(Op::Delete { key });
+    }
+    for (key, entry) in store.scan_with_keys::<ConsentEntry>(CONSENT)? {
+        let Some(number) = number_of(&crypto, &key, &entry.number) else { continue };
+        let number = canonical(&number);
+        let new_key = consent_key(&crypto.blind_index(&number));
+        if new_key == key {
+            continue;
+        }
+        if !written.contains(&new_key) && store.get::<ConsentEntry>(&new_key)?.is_none() {
+            let moved = ConsentEntry { number: crypto.seal(number.as_bytes(), &new_key), ..entry };
+            ops.push(Op::Put { value: crate::store::encode(&new_key, &moved)?, key: new_key.clone() });
+            written.insert(new_key);
+        }
+        ops.push(Op::Delete { key });
+    }
+    let moved = ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count();
+    for chunk in ops.chunks(1000) {
+        store.commit(chunk.to_vec()).await?;
+    }
+    Ok(moved)
 }
 
 /// Every opt-out, with its number opened: (number, entry).

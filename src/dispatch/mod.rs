@@ -281,8 +281,15 @@ impl Dispatcher {
                 .await?;
             return Ok(());
         }
+        let Some(carrier) = self.target(own, &msg) else {
+            // Nothing it may use is healthy right now; let other messages pass.
+            queue.push(Entry { due_ms: now + 1000, ..entry });
+            return Ok(());
+        };
         // Opt-outs and consent may have changed since accept; a retry may fall in quiet hours.
-        match self.live.compliance().check_dispatch(&self.store, &self.store.crypto(), &msg, now)? {
+        // In sender scope the sender is the address it really leaves from.
+        let sender = msg.content.from.as_deref().or(carrier.options.default_source.as_deref());
+        match self.live.compliance().check_dispatch(&self.store, &self.store.crypto(), &msg, sender, now)? {
             DispatchVerdict::Proceed => {}
             DispatchVerdict::Block(code) => {
                 let text = match code {
@@ -305,11 +312,6 @@ impl Dispatcher {
                 return Ok(());
             }
         }
-        let Some(carrier) = self.target(own, &msg) else {
-            // Nothing it may use is healthy right now; let other messages pass.
-            queue.push(Entry { due_ms: now + 1000, ..entry });
-            return Ok(());
-        };
         let parts = build_parts(&msg, &carrier.options, now);
         let total = parts.len();
         let (handed_tx, handed_rx) = mpsc::unbounded_channel();

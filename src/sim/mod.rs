@@ -44,6 +44,9 @@ pub struct SimConfig {
     pub msgid_start: u64,
     /// Write message ids in decimal instead of hex.
     pub msgid_decimal: bool,
+    /// Receipts carry the id only in their text, in decimal (no `receipted_message_id`), as
+    /// carriers with hexadecimal `submit_sm_resp` ids often do.
+    pub receipt_id_decimal_text: bool,
     /// Close a connection once this many submit_sm were answered on it (0 = never).
     pub drop_after: u64,
     /// Drop every connection that reaches `drop_after`, not only the first.
@@ -66,6 +69,7 @@ impl Default for SimConfig {
             resp_delay_ms: 0,
             msgid_start: 1,
             msgid_decimal: false,
+            receipt_id_decimal_text: false,
             drop_after: 0,
             drop_every: false,
             error_ratio: 0.0,

@@ -215,18 +215,27 @@ fn schedule_receipt(
         let now = jiff::Timestamp::now().strftime("%y%m%d%H%M").to_string();
         let (stat, dlvrd, err, state) =
             if fail { ("UNDELIV", "000", "001", 5u8) } else { ("DELIVRD", "001", "000", 2u8) };
+        let decimal_text = sim.config.receipt_id_decimal_text;
+        let text_id = match u128::from_str_radix(&id, if sim.config.msgid_decimal { 10 } else { 16 }) {
+            Ok(n) if decimal_text => n.to_string(),
+            _ => id.clone(),
+        };
         let text =
-            format!("id:{id} sub:001 dlvrd:{dlvrd} submit date:{now} done date:{now} stat:{stat} err:{err} text:");
+            format!("id:{text_id} sub:001 dlvrd:{dlvrd} submit date:{now} done date:{now} stat:{stat} err:{err} text:");
         let receipt = ShortMessage {
             source: Address { ton: submitted.dest.ton, npi: submitted.dest.npi, addr: submitted.dest.addr.clone() },
             dest: Address { ton: submitted.source.ton, npi: submitted.source.npi, addr: submitted.source.addr.clone() },
             esm_class: 0x04,
             short_message: Bytes::from(text.into_bytes()),
-            tlvs: pdu::Tlvs {
-                receipted_message_id: Some(id),
-                message_state: Some(state),
-                network_error_code: fail.then_some((3, 1)),
-                ..Default::default()
+            tlvs: if decimal_text {
+                pdu::Tlvs::default()
+            } else {
+                pdu::Tlvs {
+                    receipted_message_id: Some(id),
+                    message_state: Some(state),
+                    network_error_code: fail.then_some((3, 1)),
+                    ..Default::default()
+                }
             },
             ..ShortMessage::default()
         };

@@ -37,6 +37,81 @@ pub fn normalize_id(id: &str, format: IdFormat) -> String {
     }
 }
 
+/// How a receipt's id was matched when it did not match in the configured form: the label of
+/// `smsgate_receipt_id_fallback_total{form}` and the config that would make it match at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdFallback {
+    /// Decimal in the receipt, hexadecimal in `submit_sm_resp`.
+    DecReceiptHexSubmit,
+    /// Hexadecimal in the receipt, decimal in `submit_sm_resp`.
+    HexReceiptDecSubmit,
+    /// The same decimal number, with or without leading zeros.
+    LeadingZeros,
+    /// The same hexadecimal number, another case or padding.
+    HexCaseOrZeros,
+}
+
+impl IdFallback {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            IdFallback::DecReceiptHexSubmit => "dec_receipt_hex_submit",
+            IdFallback::HexReceiptDecSubmit => "hex_receipt_dec_submit",
+            IdFallback::LeadingZeros => "leading_zeros",
+            IdFallback::HexCaseOrZeros => "hex_case_or_zeros",
+        }
+    }
+
+    /// The carrier settings that match such receipts directly.
+    pub fn advice(self) -> &'static str {
+        match self {
+            IdFallback::DecReceiptHexSubmit => "submit_id_format = \"hex\" and receipt_id_format = \"dec\"",
+            IdFallback::HexReceiptDecSubmit => "submit_id_format = \"dec\" and receipt_id_format = \"hex\"",
+            IdFallback::LeadingZeros => "submit_id_format = \"dec\" and receipt_id_format = \"dec\"",
+            IdFallback::HexCaseOrZeros => "submit_id_format = \"hex\" and receipt_id_format = \"hex\"",
+        }
+    }
+}
+
+/// Padded widths carriers write hexadecimal ids in, tried when a receipt's id does not match.
+const HEX_WIDTHS: [usize; 7] = [0, 8, 10, 12, 16, 20, 32];
+
+/// The forms the `submit_sm_resp` id of the message a receipt with id `id` is about may have
+/// been written in, when the configured form found nothing: the receipt's number read as
+/// decimal and as hexadecimal, each written back in decimal and in hexadecimal (both cases,
+/// common paddings). In the order to try; without `id` itself.
+pub fn fallback_ids(id: &str) -> Vec<(IdFallback, String)> {
+    let id = id.trim();
+    let mut out: Vec<(IdFallback, String)> = Vec::new();
+    let mut push = |form: IdFallback, candidate: String| {
+        if candidate != id && !out.iter().any(|(_, c)| *c == candidate) {
+            out.push((form, candidate));
+        }
+    };
+    if id.is_empty() || id.len() > 32 {
+        return out;
+    }
+    if id.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(v) = id.parse::<u128>()
+    {
+        push(IdFallback::LeadingZeros, v.to_string());
+        for w in HEX_WIDTHS {
+            push(IdFallback::DecReceiptHexSubmit, format!("{v:0w$x}"));
+            push(IdFallback::DecReceiptHexSubmit, format!("{v:0w$X}"));
+        }
+    }
+    if id.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(v) = u128::from_str_radix(id, 16)
+    {
+        push(IdFallback::HexReceiptDecSubmit, v.to_string());
+        for w in HEX_WIDTHS {
+            push(IdFallback::HexCaseOrZeros, format!("{v:0w$x}"));
+            push(IdFallback::HexCaseOrZeros, format!("{v:0w$X}"));
+        }
+    }
+    out
+}
+
 /// A parsed receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
@@ -130,6 +205,7 @@ fn text_of(sm: &ShortMessage) -> String {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::collections::HashMap;
 
     fn receipt_sm(text: &str) -> ShortMessage {
         ShortMessage { esm_class: 4, short_message: Bytes::copy_from_slice(text.as_bytes()), ..ShortMessage::default() }
@@ -188,5 +264,25 @@ mod tests {
         assert_eq!(normalize_id("0255", IdFormat::Dec), "255");
         assert_eq!(normalize_id(" Abc ", IdFormat::String), "Abc");
         assert_eq!(normalize_id("not-hex", IdFormat::Hex), "not-hex");
+    }
+
+    #[test]
+    fn fallback_forms_reach_the_submit_side_id() {
+        let forms = |id: &str| fallback_ids(id).into_iter().map(|(f, c)| (c, f)).collect::<HashMap<_, _>>();
+        // Decimal text receipt, hex submit_sm_resp (as carriers and the node simulator write them).
+        let f = forms("7994");
+        assert_eq!(f.get("1f3a"), Some(&IdFallback::DecReceiptHexSubmit));
+        assert_eq!(f.get("1F3A"), Some(&IdFallback::DecReceiptHexSubmit));
+        assert_eq!(f.get("00001F3A"), Some(&IdFallback::DecReceiptHexSubmit));
+        // Leading zeros either way.
+        assert_eq!(forms("0000031").get("31"), Some(&IdFallback::LeadingZeros));
+        // Hex receipt, decimal submit.
+        assert_eq!(forms("1f3a").get("7994"), Some(&IdFallback::HexReceiptDecSubmit));
+        // Another case or padding of the same hex id.
+        assert_eq!(forms("1f3a").get("00001F3A"), Some(&IdFallback::HexCaseOrZeros));
+        // Opaque ids have no other forms.
+        assert!(fallback_ids("msg-42-x").is_empty());
+        assert!(fallback_ids("").is_empty());
+        assert!(!forms("7994").contains_key("7994"), "never the id itself");
     }
 }

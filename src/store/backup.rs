@@ -308,11 +308,15 @@ pub struct Restored {
     pub authenticated: bool,
 }
 
-/// Restores a backup into `data_dir`, which must not hold a store yet. Files in the backup
-/// may only go under `audit/` and never over a file that exists: whoever made the file cannot
-/// use it to replace the store or anything else in the data directory.
-pub fn restore(backup: &Path, data_dir: &Path, mac_key: &hmac::Key) -> Result<Restored, StoreError> {
-    let contents = read(backup, mac_key)?;
+/// Restores a backup into `data_dir`, which must not hold a store yet, with the data keys
+/// `crypto`: they must be the ones the backup's store was made with (see [`super::keycheck`]),
+/// checked before anything is written. Files in the backup may only go under `audit/` and
+/// never over a file that exists: whoever made the file cannot use it to replace the store or
+/// anything else in the data directory.
+pub fn restore(backup: &Path, data_dir: &Path, crypto: &crate::crypto::Crypto) -> Result<Restored, StoreError> {
+    let mut contents = read(backup, &crypto.backup_key())?;
+    let records: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = contents.records.drain(..).collect();
+    let verified = super::keycheck::verify(&records, crypto)?;
     let store_dir = data_dir.join("store");
     if store_dir.join("db").exists() {
         return Err(StoreError::Io(format!(
@@ -333,12 +337,12 @@ pub fn restore(backup: &Path, data_dir: &Path, mac_key: &hmac::Key) -> Result<Re
     }
     crate::fsutil::private_dir(&store_dir).map_err(|e| io(&store_dir.display().to_string(), e))?;
     let db = sled::Config::new().path(&store_dir).open()?;
-    let mut count = 0u64;
-    for chunk in contents.records.chunks(10_000) {
+    let count = records.len() as u64;
+    let all: Vec<(Vec<u8>, Vec<u8>)> = records.into_iter().chain(verified.to_write).collect();
+    for chunk in all.chunks(10_000) {
         let mut batch = sled::Batch::default();
         for (k, v) in chunk {
             batch.insert(k.as_slice(), v.as_slice());
-            count += 1;
         }
         db.apply_batch(batch)?;
     }

@@ -93,6 +93,29 @@ pub fn orphan(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
     join(ORPHAN, &[carrier.as_bytes(), b"\0", carrier_message_id.as_bytes()])
 }
 
+/// The form a receipt's id is kept in while it waits for its `submit_sm_resp` (`o/`), so that
+/// writings of one id meet: a number (decimal or hexadecimal digits) without leading zeros and
+/// in lower case; anything else as is. Never another base: `26` and `1a` may be two messages.
+pub fn canonical_id(id: &str) -> String {
+    let id = id.trim();
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let stripped = id.trim_start_matches('0');
+        return if stripped.is_empty() { "0".into() } else { stripped.to_ascii_lowercase() };
+    }
+    id.to_string()
+}
+
+/// The `o/` ids a receipt for the `submit_sm_resp` id `id` may wait under: `id` as stored
+/// before receipts were kept canonical, and its canonical form. (Not other readings of its
+/// digits: with sequential ids, another message's receipt would match.)
+pub fn orphan_ids(id: &str) -> Vec<String> {
+    let id = id.trim();
+    let mut out = vec![id.to_string(), canonical_id(id)];
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Value of a `q/` entry: the message, the carrier whose queue holds it, its expiry.
 pub fn queue_value(message_id: &str, carrier: &str, expires_ms: u64) -> Vec<u8> {
     format!("{message_id}\0{carrier}\0{expires_ms}").into_bytes()

@@ -12,6 +12,7 @@
 //! (redb, or a distributed log) without touching the API or the dispatcher.
 
 pub mod backup;
+pub mod keycheck;
 pub mod layout;
 pub mod outbox;
 mod writer;
@@ -57,6 +58,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// The key file is not the one the store was made with (see [`keycheck`]).
+    #[error("wrong data keys: {0}")]
+    WrongKeys(String),
     /// Another process holds the store open.
     #[error("store at {0} is in use by another process (is the server running?)")]
     Locked(PathBuf),
@@ -119,6 +123,16 @@ pub enum Op {
         error: Option<ErrorInfo>,
         /// Whether a submission attempt led here (a carrier's answer, not an expiry).
         count_attempt: bool,
+    },
+    /// A receipt parked under `o/` (key `orphan`) turned out to be about the carrier id
+    /// `carrier_message_id` (written another way): apply it there, and un-park it.
+    AdoptOrphan {
+        /// The `o/` key.
+        orphan: Vec<u8>,
+        /// Carrier.
+        carrier: String,
+        /// The id as the `c/` index has it.
+        carrier_message_id: String,
     },
     /// A delivery receipt.
     Receipt {
@@ -204,6 +218,19 @@ pub enum OpResult {
     AlreadyFinal(Status),
     /// A cancel came too late: some part is with the carrier already.
     AlreadySubmitted(Status),
+}
+
+/// A receipt parked under `o/` until its message's carrier id is known.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// Its `o/` key.
+    pub key: Vec<u8>,
+    /// The carrier it came from.
+    pub carrier: String,
+    /// Its id (canonical form, see `layout::canonical_id`).
+    pub id: String,
+    /// When it was parked (ms).
+    pub at_ms: u64,
 }
 
 /// How long an idempotency entry answers replays (DESIGN.md: 24 h).
@@ -355,6 +382,20 @@ impl Store {
             })?;
         // sled's data lives in one log file; fdatasync it after each flush (see module docs).
         let log = File::open(path.join("db")).map_err(|e| StoreError::Io(format!("open sled log: {e}")))?;
+        // Nothing is read or written with keys that are not this store's.
+        let verified = keycheck::verify(&db, &crypto)?;
+        for id in &verified.missing {
+            tracing::warn!(key_id = %id, "data key is not in the key file: anything still sealed with it cannot be read");
+        }
+        if !verified.to_write.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in verified.to_write {
+                batch.insert(k, v);
+            }
+            db.apply_batch(batch)?;
+            db.flush()?;
+            log.sync_data().map_err(|e| StoreError::Io(format!("fsync: {e}")))?;
+        }
         let (tx, rx) = mpsc::channel(16_384);
         let stats = Arc::new(WriterStats::default());
         let crypto: KeyHandle = Arc::new(std::sync::RwLock::new(crypto));
@@ -475,12 +516,19 @@ impl Store {
         }
     }
 
-    /// Replaces the data keys (after a rotation added one); new data is sealed with its
-    /// current key, old data still opens with the older ones it keeps.
-    pub fn set_crypto(&self, crypto: Crypto) {
+    /// Replaces the data keys (after a rotation added one) once they pass the store's check
+    /// values (see [`keycheck`]): new data is sealed with the current key, old data still opens
+    /// with the older ones the file keeps.
+    pub async fn set_crypto(&self, crypto: Crypto) -> Result<(), StoreError> {
+        let verified = keycheck::verify(&self.inner.db, &crypto)?;
+        let ops: Vec<Op> = verified.to_write.into_iter().map(|(key, value)| Op::Put { key, value }).collect();
+        if !ops.is_empty() {
+            self.commit(ops).await?;
+        }
         if let Ok(mut c) = self.inner.crypto.write() {
             *c = Arc::new(crypto);
         }
+        Ok(())
     }
 
     /// Every queue entry in due order.
@@ -683,6 +731,38 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)??;
         count.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether the carrier id `carrier_message_id` of `carrier` is in the receipt index.
+    pub fn knows_carrier_id(&self, carrier: &str, carrier_message_id: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.db.contains_key(layout::carrier_id(carrier, carrier_message_id))?)
+    }
+
+    /// Up to `limit` receipt ids of `carrier` in the receipt index (a sample of how it writes
+    /// them).
+    pub fn carrier_id_sample(&self, carrier: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = layout::carrier_id(carrier, "");
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(&prefix).keys().take(limit) {
+            out.push(String::from_utf8_lossy(&item?[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Parked receipts (`o/`), at most `limit`.
+    pub fn orphans(&self, limit: usize) -> Result<Vec<Parked>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(layout::ORPHAN).take(limit) {
+            let (k, v) = item?;
+            let rest = &k[layout::ORPHAN.len()..];
+            let Some(split) = rest.iter().position(|&b| b == 0) else { continue };
+            let carrier = String::from_utf8_lossy(&rest[..split]).into_owned();
+            let id = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            let at =
+                serde_json::from_slice::<serde_json::Value>(&v).ok().and_then(|v| v["at_ms"].as_u64()).unwrap_or(0);
+            out.push(Parked { key: k.to_vec(), carrier, id, at_ms: at });
+        }
+        Ok(out)
     }
 
     /// Bytes used on disk.

@@ -412,12 +412,14 @@ impl<'a> WriteSet<'a> {
                     self.put(queue_key, None);
                 }
                 self.put(layout::carrier_id(carrier, carrier_message_id), Some(layout::carrier_id_value(id, *part)));
-                // A receipt may have overtaken its submit_sm_resp.
-                let orphan_key = layout::orphan(carrier, carrier_message_id);
-                if let Some(raw) = self.get_raw(&orphan_key)? {
-                    self.put(orphan_key.clone(), None);
-                    if let Some(outcome) = self.decode_or_set_aside::<StoredReceipt>(&orphan_key, &raw) {
-                        return self.apply_receipt(id, *part, &outcome.into_outcome(), now);
+                // A receipt may have overtaken its submit_sm_resp, its id in another form.
+                for orphan_id in layout::orphan_ids(carrier_message_id) {
+                    let orphan_key = layout::orphan(carrier, &orphan_id);
+                    if let Some(raw) = self.get_raw(&orphan_key)? {
+                        self.put(orphan_key.clone(), None);
+                        if let Some(outcome) = self.decode_or_set_aside::<StoredReceipt>(&orphan_key, &raw) {
+                            return self.apply_receipt(id, *part, &outcome.into_outcome(), now);
+                        }
                     }
                 }
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
@@ -462,6 +464,19 @@ impl<'a> WriteSet<'a> {
                 self.put(q, None);
                 Ok(OpResult::Updated { id: id.clone(), status: *status, created_ms, became_final: true })
             }
+            Op::AdoptOrphan { orphan, carrier, carrier_message_id } => {
+                let Some(raw) = self.get_raw(orphan)? else { return Ok(OpResult::NotFound) };
+                let Some(stored) = self.decode_or_set_aside::<StoredReceipt>(orphan, &raw) else {
+                    return Ok(OpResult::NotFound);
+                };
+                let index_key = layout::carrier_id(carrier, carrier_message_id);
+                let Some((id, part)) = self.get_raw(&index_key)?.and_then(|v| layout::parse_carrier_id_value(&v))
+                else {
+                    return Ok(OpResult::NotFound);
+                };
+                self.put(orphan.clone(), None);
+                self.apply_receipt(&id, part, &stored.into_outcome(), now)
+            }
             Op::Receipt { carrier, carrier_message_id, outcome } => {
                 let index_key = layout::carrier_id(carrier, carrier_message_id);
                 let target = match self.get_raw(&index_key)? {
@@ -477,7 +492,7 @@ impl<'a> WriteSet<'a> {
                 match target {
                     Some((id, part)) => self.apply_receipt(&id, part, outcome, now),
                     None => {
-                        let key = layout::orphan(carrier, carrier_message_id);
+                        let key = layout::orphan(carrier, &layout::canonical_id(carrier_message_id));
                         let value = encode(&key, &StoredReceipt::from_outcome(outcome, now))?;
                         self.put(key, Some(value));
                         Ok(OpResult::Orphan)

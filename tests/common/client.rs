@@ -38,7 +38,7 @@ pub struct Answer {
 
 impl Client {
     pub fn new(addr: SocketAddr, ca: &Path, token: Option<String>) -> Client {
-        let tls = smsgate::tls::client_config(Some(ca), None).unwrap();
+        let tls = smsgate::tls::client_config(Some(ca), &[], None).unwrap();
         Client { addr, tls, token }
     }
 
