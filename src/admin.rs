@@ -216,8 +216,16 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
         }
         AdminRequest::OptOutsImport { rows } => return import(store, rows).await,
         AdminRequest::Backup { out } => {
-            let audit_log = crate::audit::log_path(&config.data_dir);
-            return match store.backup(&out, vec![("audit/audit.jsonl".into(), audit_log)]).await {
+            // Every file of the audit chain, under its name.
+            let files = match crate::audit::chain::files(&config.data_dir) {
+                Ok(f) => f,
+                Err(e) => return AdminResponse::Error { message: format!("listing the audit files: {e}") },
+            };
+            let files = files
+                .into_iter()
+                .filter_map(|p| Some((format!("audit/{}", p.file_name()?.to_string_lossy()), p)))
+                .collect();
+            return match store.backup(&out, files).await {
                 Ok(records) => AdminResponse::BackedUp { records },
                 Err(e) => AdminResponse::Error { message: e.to_string() },
             };

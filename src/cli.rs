@@ -544,7 +544,8 @@ async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminRespo
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     crate::compliance::registry::migrate(&store).await?;
     let ring = KeyRing::load(&store)?;
-    let audit = crate::audit::Audit::open(&config.data_dir, store.tripwire().clone())?;
+    let options = config.audit.options(&store.crypto());
+    let audit = crate::audit::Audit::open(&config.data_dir, options, store.tripwire().clone())?;
     let answer = admin::execute(&store, &ring, &audit, config, "direct", request).await;
     audit.flush();
     Ok(answer)
@@ -730,35 +731,51 @@ fn restore(file: &Path, config_path: &Path) -> Result<()> {
 }
 
 fn audit(action: AuditCommand, config_path: &Path) -> Result<()> {
+    use std::io::BufRead;
     let config = Config::load(config_path)?;
-    let path = crate::audit::log_path(&config.data_dir);
+    let dir = crate::audit::chain::dir(&config.data_dir);
     match action {
-        AuditCommand::Verify => match crate::audit::verify(&path)? {
-            crate::audit::Verification::Intact { entries, head } => {
-                println!("{}: intact, {entries} entries, head {head}", path.display());
+        AuditCommand::Verify => {
+            let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
+            match crate::audit::verify(&config.data_dir, &crypto.audit_key())? {
+                crate::audit::Verification::Intact { entries, legacy, files, first_seq, head } => {
+                    println!("{}: intact, {entries} entries in {files} file(s), head {head}", dir.display());
+                    if first_seq > 1 {
+                        println!("the chain starts at seq {first_seq}: older files were archived away");
+                    }
+                    if legacy > 0 {
+                        println!(
+                            "{legacy} entries are from before the chain was keyed (plain SHA-256): edits to them show, and \
+                             the first keyed entry fixes their head"
+                        );
+                    }
+                }
+                crate::audit::Verification::Broken { file, line, seq, reason } => {
+                    let seq = seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
+                    bail!("{}: chain broken at line {line}{seq}: {reason}", file.display());
+                }
             }
-            crate::audit::Verification::Broken { line, seq, reason } => {
-                let seq = seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-                bail!("{}: chain broken at line {line}{seq}: {reason}", path.display());
-            }
-        },
+        }
         AuditCommand::Export { out, since } => {
             let since =
                 since.map(|s| s.parse::<jiff::Timestamp>().with_context(|| format!("--since {s}"))).transpose()?;
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let mut w = output(&out)?;
             let mut n = 0;
-            for line in text.lines() {
-                let keep = match since {
-                    None => true,
-                    Some(t) => serde_json::from_str::<crate::audit::Entry>(line)
-                        .ok()
-                        .and_then(|e| e.at.parse::<jiff::Timestamp>().ok())
-                        .is_some_and(|at| at >= t),
-                };
-                if keep {
-                    writeln!(w, "{line}")?;
-                    n += 1;
+            for path in crate::audit::chain::files(&config.data_dir)? {
+                let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+                for line in std::io::BufReader::new(file).lines() {
+                    let line = line?;
+                    let keep = match since {
+                        None => true,
+                        Some(t) => serde_json::from_str::<crate::audit::Entry>(&line)
+                            .ok()
+                            .and_then(|e| e.at.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|at| at >= t),
+                    };
+                    if keep {
+                        writeln!(w, "{line}")?;
+                        n += 1;
+                    }
                 }
             }
             eprintln!("exported {n} audit entries");

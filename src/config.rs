@@ -99,6 +99,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The audit trail's files.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Carriers (SMSCs) to submit to.
     #[serde(default)]
     pub carriers: Vec<CarrierConfig>,
@@ -618,6 +621,44 @@ impl Default for QueueConfig {
     }
 }
 
+impl AuditConfig {
+    /// How the log is kept, with the chain's key from `crypto`.
+    pub fn options(&self, crypto: &crate::crypto::Crypto) -> crate::audit::Options {
+        crate::audit::Options {
+            key: crypto.audit_key(),
+            rotate_bytes: self.rotate_mb << 20,
+            refusal_window_ms: self.refusal_window_secs * 1000,
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The current file is rotated (the chain goes on in a new one) at this size.
+    #[serde(default = "default_audit_rotate_mb")]
+    pub rotate_mb: u64,
+    /// Requests without a valid key are recorded as one entry per source per this many
+    /// seconds.
+    #[serde(default = "default_refusal_window_secs")]
+    pub refusal_window_secs: u64,
+}
+
+fn default_refusal_window_secs() -> u64 {
+    60
+}
+
+fn default_audit_rotate_mb() -> u64 {
+    64
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { rotate_mb: default_audit_rotate_mb(), refusal_window_secs: default_refusal_window_secs() }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -968,6 +1009,12 @@ impl Config {
             p.push("carriers: at least one [[carriers]] entry is needed".into());
         }
         let mut names = std::collections::HashSet::new();
+        if !(1..=4096).contains(&self.audit.rotate_mb) {
+            p.push("audit.rotate_mb: between 1 and 4096".into());
+        }
+        if !(1..=3600).contains(&self.audit.refusal_window_secs) {
+            p.push("audit.refusal_window_secs: between 1 and 3600".into());
+        }
         for (i, c) in self.carriers.iter().enumerate() {
             let at = format!("carriers[{i}] ({})", c.name);
             if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {

@@ -220,6 +220,11 @@ impl Crypto {
         hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&self.index, b"smsgate backup MAC v2").as_ref())
     }
 
+    /// The key of the audit chain's MACs, derived from the index key (which never changes).
+    pub fn audit_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&self.index, b"smsgate audit chain v1").as_ref())
+    }
+
     /// Whether `sealed` was made with an older key (for background re-sealing).
     pub fn is_stale(&self, sealed: &Sealed) -> bool {
         sealed.k != self.current

@@ -139,8 +139,8 @@ impl Gateway {
             tracing::info!(moved, "opt-out and consent entries moved to normalised numbers and the current layout");
         }
         let keys = Arc::new(KeyRing::load(&store)?);
-        let audit =
-            Audit::open(&config.data_dir, store.tripwire().clone()).map_err(|e| StartError::Crypto(e.to_string()))?;
+        let audit = Audit::open(&config.data_dir, config.audit.options(&store.crypto()), store.tripwire().clone())
+            .map_err(|e| StartError::Crypto(e.to_string()))?;
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
         restore_queues(&store, &config, &queues).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);

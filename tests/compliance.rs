@@ -543,6 +543,55 @@ async fn a_tampered_audit_entry_is_named_by_audit_verify() {
     assert!(err.contains("line 4") && err.contains("seq 4") && err.contains("edited"), "{err}");
 }
 
+/// Requests without a valid key are counted per source and window, not written one by one:
+/// a flood of them cannot fill the disk, and the chain stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_key_are_counted_not_logged_one_by_one() {
+    let certs = Certs::new();
+    let sim = TestSim::start(&certs, SimConfig::default(), None).await;
+    let (gw, data, key) = gateway_with(&certs, sim.tls_port(), "[audit]\nrefusal_window_secs = 1\n").await;
+    let before = std::fs::metadata(smsgate::audit::log_path(data.path())).unwrap().len();
+    let mut anonymous = gw.client.with_token(None).connect().await.unwrap();
+    let mut wrong = gw.client.with_token(Some("sgk_000000000000_00")).connect().await.unwrap();
+    for i in 0..300 {
+        let (path, status) =
+            if i % 2 == 0 { ("/v1/nothing", StatusCode::NOT_FOUND) } else { ("/v1/inbound", StatusCode::UNAUTHORIZED) };
+        assert_eq!(anonymous.get_json(path).await.unwrap().0, status);
+    }
+    for _ in 0..100 {
+        assert_eq!(wrong.get_json("/v1/inbound").await.unwrap().0, StatusCode::UNAUTHORIZED);
+    }
+    // An authenticated request is still an entry of its own.
+    assert_eq!(gw.client.with_token(Some(&key)).get("/v1/inbound").await.status, StatusCode::OK);
+    let path = smsgate::audit::log_path(data.path());
+    let refused_total = || {
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["action"] == "api.refused")
+            .map(|e| e["outcome"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    eventually(PATIENCE, "the refused requests counted", || refused_total() == 400).await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let entries: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let refused = entries.iter().filter(|e| e["action"] == "api.refused").count();
+    assert!(refused <= 10, "{refused} entries for 400 requests in a few seconds");
+    assert!(entries.iter().all(|e| e["actor"] != "anonymous" && e["actor"] != "invalid-key"), "none one by one");
+    assert!(
+        entries.iter().any(|e| e["action"] == "api.list_inbound" && e["actor"].as_str().unwrap().starts_with("key:"))
+    );
+    let grown = std::fs::metadata(&path).unwrap().len() - before;
+    println!("400 requests without a valid key: {refused} audit entries, {grown} bytes");
+    gw.gateway.shutdown().await;
+    let crypto = smsgate::crypto::Crypto::from_file(&certs.path("data.keys")).unwrap();
+    assert!(matches!(
+        smsgate::audit::verify(data.path(), &crypto.audit_key()).unwrap(),
+        smsgate::audit::Verification::Intact { .. }
+    ));
+}
+
 /// A receiver that answers 500 to the first `fail_first` POSTs: (port, what it got).
 async fn receiver_failing(certs: &Certs, secret: &'static [u8], fail_first: usize) -> (u16, Deliveries) {
     let r = Receiver::start(certs, secret, fail_first).await;

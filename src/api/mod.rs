@@ -125,7 +125,8 @@ pub async fn serve(
             let conn = edge::ConnState::new();
             let c = conn.clone();
             let s = state.clone();
-            let service = hyper::service::service_fn(move |req| handle(s.clone(), c.clone(), req, hsts));
+            let source = peer.ip();
+            let service = hyper::service::service_fn(move |req| handle(s.clone(), c.clone(), req, source, hsts));
             match tls {
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
@@ -218,6 +219,7 @@ async fn handle(
     state: Arc<AppState>,
     conn: Arc<edge::ConnState>,
     req: Request<Incoming>,
+    peer: std::net::IpAddr,
     hsts: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _in_flight = conn.request();
@@ -275,7 +277,10 @@ async fn handle(
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if !matches!(route, "healthz" | "readyz") {
+    if matches!(caller, None | Some(Err(_))) && !matches!(route, "healthz" | "readyz") {
+        // Without a valid key: counted per source and minute, so a flood cannot fill the disk.
+        state.audit.refused(peer, &actor, response.status().as_u16());
+    } else if !matches!(route, "healthz" | "readyz") {
         let target = response.extensions().get::<AuditTarget>().map(|t| t.0.clone()).unwrap_or_default();
         state.audit.record(
             crate::audit::Event::new(actor, format!("api.{route}"), target, response.status().as_u16().to_string())
