@@ -376,7 +376,7 @@ pub fn serve(
                 let answer = match reader.read_line(&mut line).await {
                     Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(req) => {
-                            info!(op = ?op_name(&req), "admin request");
+                            info!(op = op_name(&req), "admin request");
                             execute(&store, &ring, &audit, &config, "admin-socket", req).await
                         }
                         Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },

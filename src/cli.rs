@@ -51,9 +51,12 @@ pub enum Command {
     },
     /// Write a consistent backup (store + audit log) while the server runs, or offline.
     Backup {
-        /// Output file.
+        /// Output file (refused if it exists, unless --force).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
         /// Config file.
         #[arg(long, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
         config: PathBuf,
@@ -329,7 +332,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Keys { action, config } => keys(action, &config).await,
         Command::Optouts { action, config } => optouts(action, &config).await,
         Command::Audit { action, config } => audit(action, &config),
-        Command::Backup { out, config } => backup(&out, &config).await,
+        Command::Backup { out, force, config } => backup(&out, force, &config).await,
         Command::Restore { file, config } => restore(&file, &config),
         Command::Quarantine { action: QuarantineCommand::List, config } => quarantine_list(&config).await,
         Command::SmscSim(args) => smsc_sim(*args).await,
@@ -416,7 +419,7 @@ async fn serve(path: &Path) -> Result<()> {
                 let store_ok = tokio::time::timeout(every, gw.store.commit(Vec::new())).await.is_ok_and(|r| r.is_ok());
                 let stalled = gw.stalled();
                 if !stalled.is_empty() {
-                    tracing::error!(carriers = ?stalled, "dispatch made no progress for a minute; watchdog not fed");
+                    tracing::error!(carriers = %stalled.join(","), "dispatch made no progress for a minute; watchdog not fed");
                 }
                 if store_ok && stalled.is_empty() {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
@@ -438,7 +441,7 @@ async fn serve(path: &Path) -> Result<()> {
                         if report.needs_restart.is_empty() {
                             tracing::info!("configuration reloaded");
                         } else {
-                            tracing::warn!(needs_restart = ?report.needs_restart, "configuration reloaded; some changes need a restart");
+                            tracing::warn!(needs_restart = %report.needs_restart.join(","), "configuration reloaded; some changes need a restart");
                         }
                     }
                     Err(e) => {
@@ -498,9 +501,9 @@ fn print_pins(pem: &Path) -> Result<()> {
 
 fn check_config(path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| crate::config::ConfigError::Read { path: path.to_path_buf(), source: e })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let (config, mut problems) = crate::config::Config::from_toml_unchecked(&text, path, base)?;
+        .map_err(|e| crate::config::ConfigError::Read { path: path.to_path_buf(), reason: e })?;
+    let base = crate::config::Config::base_of(path);
+    let (config, mut problems) = crate::config::Config::from_toml_unchecked(&text, path, &base)?;
     // Then the files the values point at, in the same pass.
     if let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key)
         && let Err(e) = crate::tls::server_config(cert, key, &[])
@@ -566,7 +569,7 @@ fn init_data_keys(out: &Path) -> Result<()> {
 }
 
 async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_admin(config_path)?;
     let request = match action {
         KeysCommand::Create { name, scopes, rate, daily_quota } => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg).context("--scopes")?;
@@ -638,7 +641,7 @@ fn output(out: &Path) -> Result<Box<dyn std::io::Write>> {
 }
 
 async fn optouts(action: OptoutsCommand, config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_admin(config_path)?;
     match action {
         OptoutsCommand::Export { out } => {
             let AdminResponse::OptOuts { rows } = admin_call(&config, AdminRequest::OptOutsExport).await? else {
@@ -682,8 +685,11 @@ async fn optouts(action: OptoutsCommand, config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn backup(out: &Path, config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+async fn backup(out: &Path, force: bool, config_path: &Path) -> Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists; choose another name, or --force to replace it", out.display());
+    }
+    let config = Config::load_admin(config_path)?;
     // The server writes the file itself: give it an absolute path.
     let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
     match admin_call(&config, AdminRequest::Backup { out: out.clone() }).await? {
@@ -700,7 +706,7 @@ async fn backup(out: &Path, config_path: &Path) -> Result<()> {
 }
 
 async fn quarantine_list(config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_admin(config_path)?;
     match admin_call(&config, AdminRequest::QuarantineList).await? {
         AdminResponse::Quarantined { entries } => {
             println!("{:<24} {:>8}  {:<44} reason", "set aside at", "bytes", "key");
@@ -716,7 +722,7 @@ async fn quarantine_list(config_path: &Path) -> Result<()> {
 }
 
 fn restore(file: &Path, config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+    let config = Config::load_admin(config_path)?;
     let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
     let r = crate::store::backup::restore(file, &config.data_dir, &crypto)
         .with_context(|| format!("restoring {} into {}", file.display(), config.data_dir.display()))?;
@@ -732,7 +738,7 @@ fn restore(file: &Path, config_path: &Path) -> Result<()> {
 
 fn audit(action: AuditCommand, config_path: &Path) -> Result<()> {
     use std::io::BufRead;
-    let config = Config::load(config_path)?;
+    let config = Config::load_admin(config_path)?;
     let dir = crate::audit::chain::dir(&config.data_dir);
     match action {
         AuditCommand::Verify => {

@@ -16,12 +16,12 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// File that was asked for.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// TOML syntax, a wrong type or an unknown key; the message carries line and column.
     #[error("{path}: {message}")]
@@ -66,6 +66,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The file as written (for telling which keys a reload changed).
+    #[serde(skip)]
+    pub raw: toml::Table,
     /// Directory of the sled store and the audit log.
     pub data_dir: PathBuf,
     /// The HTTPS API listener.
@@ -864,15 +867,21 @@ impl CarrierConfig {
 
     /// Reads the bind password from the environment variable or file the config names.
     pub fn password(&self) -> Result<Secret, String> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map(Secret::new).map_err(|_| format!("environment variable {var} is not set"));
+        let given = if let Some(var) = &self.password_env {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+        } else if let Some(path) = &self.password_file {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        } else {
+            return Ok(Secret::default());
+        };
+        // A variable or file that is there but empty is a mistake, not "no password": the
+        // carrier would only answer the bind with 0x0d.
+        if given.is_empty() {
+            return Err("is configured but empty".into());
         }
-        if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|s| Secret::new(s.trim_end_matches(['\r', '\n'])))
-                .map_err(|e| format!("cannot read {}: {e}", path.display()));
-        }
-        Ok(Secret::default())
+        Ok(Secret::new(given))
     }
 }
 
@@ -890,13 +899,41 @@ pub struct RouteConfig {
     pub category: Option<String>,
 }
 
+/// What a config is loaded for: serving needs every secret; the admin verbs (keys, backup,
+/// restore, audit, opt-out export/import) need only the store and its keys, so they work
+/// without the carriers' passwords in the environment (a backup cron job, an operator's shell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `serve`, `demo`, `check-config`: everything.
+    Serve,
+    /// Admin verbs: no carrier passwords, no webhook secret.
+    Admin,
+}
+
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file for serving.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_for(path, Purpose::Serve)
+    }
+
+    /// Reads, parses and validates a config file for an admin verb (see [`Purpose`]).
+    pub fn load_admin(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_for(path, Purpose::Admin)
+    }
+
+    fn load_for(path: &Path, purpose: Purpose) -> Result<Config, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, path, base)
+            std::fs::read_to_string(path).map_err(|reason| ConfigError::Read { path: path.to_path_buf(), reason })?;
+        let (config, problems) = Config::parse_checked(&text, path, &Config::base_of(path), purpose)?;
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_path_buf(), problems }) }
+    }
+
+    /// The directory relative paths in the file at `path` are taken from, made absolute so
+    /// that checks comparing paths (the key file outside `data_dir`) do not depend on how
+    /// the file was named on the command line.
+    pub fn base_of(path: &Path) -> PathBuf {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
     }
 
     /// Parses and validates TOML text; relative paths are taken from `base`.
@@ -908,12 +945,22 @@ impl Config {
     /// Parses (syntax and types must be right) and returns the config with its value problems,
     /// so that `check-config` can go on checking files and report everything in one pass.
     pub fn from_toml_unchecked(text: &str, path: &Path, base: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::parse_checked(text, path, base, Purpose::Serve)
+    }
+
+    fn parse_checked(
+        text: &str,
+        path: &Path,
+        base: &Path,
+        purpose: Purpose,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        config.raw = toml::from_str(text).unwrap_or_default();
         config.resolve_paths(base);
-        let problems = config.validate();
+        let problems = config.validate_for(purpose);
         Ok((config, problems))
     }
 
@@ -939,6 +986,12 @@ impl Config {
 
     /// Every problem with the values, one sentence each, prefixed with the key path.
     pub fn validate(&self) -> Vec<String> {
+        self.validate_for(Purpose::Serve)
+    }
+
+    /// [`Config::validate`], leaving out the secrets `purpose` does not use.
+    pub fn validate_for(&self, purpose: Purpose) -> Vec<String> {
+        let secrets = purpose == Purpose::Serve;
         let mut p = Vec::new();
         let api = &self.api;
         match (&api.tls_cert, &api.tls_key, api.plaintext) {
@@ -976,6 +1029,9 @@ impl Config {
             p.push(format!("crypto: {e}"));
         }
         p.extend(self.validate_compliance());
+        if secrets && let Err(e) = self.webhooks.secret() {
+            p.push(format!("webhooks: {e}"));
+        }
         if self.retention.metadata_days < self.retention.body_days {
             p.push("retention.metadata_days: must be at least body_days".into());
         }
@@ -1052,6 +1108,7 @@ impl Config {
                 p.push(format!("{at}: set password_env or password_file, not both"));
             }
             match c.password() {
+                _ if !secrets => {}
                 Ok(pw) if pw.expose().len() > 8 => {
                     p.push(format!("{at}: the bind password is longer than SMPP 3.4's 8 characters"))
                 }
@@ -1130,9 +1187,7 @@ impl Config {
         if c.optout_keywords.is_empty() {
             p.push("compliance.optout_keywords: must not be empty (STOP must always work)".into());
         }
-        if let Err(e) = self.webhooks.secret() {
-            p.push(format!("webhooks: {e}"));
-        }
+
         match self.webhooks.policy() {
             Err(e) => p.push(format!("webhooks.allow_networks: {e}")),
             Ok(policy) => {

@@ -34,10 +34,10 @@ use crate::{admin, httpd, metrics, tls};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The store did not open.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// TLS material is missing or wrong.
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// A listener could not bind.
     #[error("cannot listen on {0}: {1}")]
@@ -114,6 +114,8 @@ impl Gateway {
     pub async fn start_with(config: Config, faults: Faults) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let metrics_handle = metrics::install();
+        let carrier_names: Vec<String> = config.carriers.iter().map(|c| c.name.clone()).collect();
+        metrics::start_at_zero(&carrier_names, &config.compliance.optout_keywords);
         // libphonenumber's metadata loads lazily (hundreds of ms); pay it before the first request.
         let _ = tokio::task::spawn_blocking(|| crate::phone::E164::parse("+14155550123")).await;
         let crypto = Arc::new(config.crypto.load().map_err(StartError::Crypto)?);
@@ -267,7 +269,7 @@ impl Gateway {
             let handle = metrics_handle.clone();
             async move {
                 if req.uri().path() == "/metrics" {
-                    let mut r = httpd::text(hyper::StatusCode::OK, handle.render());
+                    let mut r = httpd::text(hyper::StatusCode::OK, metrics::render(&handle));
                     r.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -384,8 +386,10 @@ fn disk_free(dir: &std::path::Path) -> u64 {
 
 /// Refreshes the free-space reading once a second for the accept path's disk floor.
 async fn watch_disk(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    // The store's own directory: `data_dir` in a reloaded file takes effect only at a restart.
+    let data_dir = state.store.path().to_path_buf();
     loop {
-        let dir = state.live.config().data_dir.clone();
+        let dir = data_dir.clone();
         let store = state.store.clone();
         if let Ok((free, size)) =
             tokio::task::spawn_blocking(move || (disk_free(&dir), store.size_on_disk().ok())).await

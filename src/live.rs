@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::compliance::Compliance;
-use crate::config::{CarrierConfig, Config};
+use crate::config::Config;
 use crate::flow::FlowControl;
 
 /// The current configuration and what is compiled from it.
@@ -16,20 +16,56 @@ pub struct Live {
     config: RwLock<Arc<Config>>,
     compliance: RwLock<Arc<Compliance>>,
     flows: HashMap<String, Arc<FlowControl>>,
+    /// The file the process started with: what restart-only keys are compared with.
+    running: toml::Table,
 }
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Settings that changed but need a restart to take effect.
+    /// Keys (dotted, carriers by name: `carriers.acme.port`) whose new values differ from
+    /// what the process runs with and take effect only after a restart. Compared with the
+    /// configuration the process started with, so a second reload of the same file says the
+    /// same.
     pub needs_restart: Vec<String>,
 }
 
-fn connection(c: &CarrierConfig) -> String {
-    format!(
-        "{}:{} tls={} ca={:?} name={:?} cert={:?} id={} binds={} mode={:?} window={}",
-        c.host, c.port, c.tls, c.ca_file, c.server_name, c.client_cert, c.system_id, c.binds, c.bind_mode, c.window
-    )
+/// Keys a reload applies at once; every other change needs a restart.
+fn applies_live(path: &str) -> bool {
+    const LIVE: [&str; 6] =
+        ["routes", "queue", "compliance", "log.level", "api.max_body_chars", "dispatch.default_validity_secs"];
+    if LIVE.iter().any(|k| path == *k || path.starts_with(&format!("{k}."))) {
+        return true;
+    }
+    // A carrier's rate limit: carriers.<name>.rate / .burst.
+    let mut parts = path.split('.');
+    parts.next() == Some("carriers")
+        && parts.next().is_some()
+        && matches!(parts.next(), Some("rate" | "burst"))
+        && parts.next().is_none()
+}
+
+/// Dotted paths of the keys whose values differ between `a` and `b`; arrays of carriers are
+/// matched by name, other arrays compared whole.
+fn changed_keys(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (a.get(key), b.get(key)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => changed_keys(&path, x, y, out),
+            (Some(toml::Value::Array(x)), Some(toml::Value::Array(y))) if path == "carriers" => {
+                changed_keys(&path, &by_name(x), &by_name(y), out)
+            }
+            (x, y) if x != y => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+fn by_name(carriers: &[toml::Value]) -> toml::Table {
+    carriers.iter().filter_map(|c| Some((c.get("name")?.as_str()?.to_string(), c.clone()))).collect()
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -43,7 +79,8 @@ impl Live {
     /// From the starting configuration and the carriers' flow controls.
     pub fn new(config: Arc<Config>, flows: HashMap<String, Arc<FlowControl>>) -> Live {
         let compliance = Arc::new(Compliance::new(&config.compliance));
-        Live { config: RwLock::new(config), compliance: RwLock::new(compliance), flows }
+        let running = config.raw.clone();
+        Live { config: RwLock::new(config), compliance: RwLock::new(compliance), flows, running }
     }
 
     /// The configuration now.
@@ -56,37 +93,17 @@ impl Live {
         read(&self.compliance)
     }
 
-    /// Applies a new (already validated) configuration.
+    /// Applies a new (already validated) configuration: what can change live does; the
+    /// report lists what needs a restart.
     pub fn reload(&self, new: Config) -> ReloadReport {
         let old = self.config();
-        let mut report = ReloadReport::default();
-        if new.data_dir != old.data_dir {
-            report.needs_restart.push("data_dir".into());
-        }
-        if new.api.listen != old.api.listen
-            || new.api.tls_cert != old.api.tls_cert
-            || new.api.tls_key != old.api.tls_key
-        {
-            report.needs_restart.push("api listener/TLS".into());
-        }
-        if new.metrics.listen != old.metrics.listen {
-            report.needs_restart.push("metrics.listen".into());
-        }
-        let old_carriers: HashMap<&str, &CarrierConfig> = old.carriers.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut changed = Vec::new();
+        changed_keys("", &self.running, &new.raw, &mut changed);
+        let needs_restart = changed.into_iter().filter(|k| !applies_live(k)).collect();
         for c in &new.carriers {
-            match old_carriers.get(c.name.as_str()) {
-                None => report.needs_restart.push(format!("new carrier {}", c.name)),
-                Some(o) if connection(o) != connection(c) => {
-                    report.needs_restart.push(format!("carrier {} connection settings", c.name))
-                }
-                Some(_) => {}
-            }
             if let Some(flow) = self.flows.get(&c.name) {
                 flow.set_limits(c.rate, c.burst);
             }
-        }
-        if old.carriers.len() > new.carriers.iter().filter(|c| old_carriers.contains_key(c.name.as_str())).count() {
-            report.needs_restart.push("removed carrier(s)".into());
         }
         if let Ok(mut c) = self.compliance.write() {
             *c = Arc::new(Compliance::new(&new.compliance));
@@ -99,6 +116,32 @@ impl Live {
         if let Ok(mut c) = self.config.write() {
             *c = Arc::new(new);
         }
-        report
+        ReloadReport { needs_restart }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_changed_key_is_named_and_live_ones_are_not_restart() {
+        let a = table(
+            "data_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:1\"\nmax_body_chars = 10\n[[carriers]]\nname = \"x\"\nport = 1\nrate = 5\nenquire_link_secs = 30\n[[carriers]]\nname = \"y\"\nport = 2\n",
+        );
+        let b = table(
+            "data_dir = \"d\"\n[api]\nlisten = \"127.0.0.1:2\"\nmax_body_chars = 20\n[[carriers]]\nname = \"y\"\nport = 2\n[[carriers]]\nname = \"x\"\nport = 1\nrate = 9\nenquire_link_secs = 10\n[[carriers]]\nname = \"z\"\nport = 3\n",
+        );
+        let mut changed = Vec::new();
+        changed_keys("", &a, &b, &mut changed);
+        let restart: Vec<&String> = changed.iter().filter(|k| !applies_live(k)).collect();
+        assert_eq!(restart, ["api.listen", "carriers.x.enquire_link_secs", "carriers.z"]);
+        assert!(
+            changed.contains(&"carriers.x.rate".to_string()) && changed.contains(&"api.max_body_chars".to_string())
+        );
     }
 }

@@ -53,9 +53,9 @@ pub const WEBHOOKS: &str = "smsgate_webhooks_total";
 pub const PROCESS_RSS: &str = "smsgate_process_resident_memory_bytes";
 /// Process open file descriptors.
 pub const PROCESS_FDS: &str = "smsgate_process_open_fds";
-/// Process CPU time, user + system, seconds (a gauge: the metrics crate's counters are
-/// integers, and CPU time needs fractions; `rate()` works on it all the same).
-pub const PROCESS_CPU: &str = "smsgate_process_cpu_seconds";
+/// Process CPU time, user + system, seconds: a counter read at each scrape and written by
+/// [`render`] (the metrics crate's counters are integers; CPU time needs fractions).
+pub const PROCESS_CPU: &str = "smsgate_process_cpu_seconds_total";
 /// Free bytes on the data directory's file system.
 pub const DISK_FREE: &str = "smsgate_store_disk_free_bytes";
 /// Bytes the store uses on disk.
@@ -147,7 +147,6 @@ fn describe() {
     describe_counter!(WEBHOOKS, "Webhook deliveries by result");
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the smsgate process");
     describe_gauge!(PROCESS_FDS, "Open file descriptors of the smsgate process");
-    describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) of the smsgate process, ever-increasing");
     describe_gauge!(DISK_FREE, Unit::Bytes, "Free space on the data directory's file system");
     describe_gauge!(STORE_SIZE, Unit::Bytes, "Space the store uses on disk");
     describe_histogram!(STORE_COMMIT_BATCH, "Operations per group commit");
@@ -297,12 +296,69 @@ pub fn process_sample() -> Option<(u64, u64, f64)> {
     Some((rss_kb * 1024, fds, (utime + stime) / 100.0))
 }
 
+/// The exposition for a scrape: the recorder's metrics and the process CPU counter.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    if let Some((_, _, cpu)) = process_sample() {
+        text.push_str(&format!(
+            "# HELP {PROCESS_CPU} CPU time (user + system) of the smsgate process\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}\n"
+        ));
+    }
+    text
+}
+
+/// Every labelled series whose label values are known at start, at zero: a panel or an
+/// alert sees 0 rather than nothing, and `rate()` sees the first increment.
+pub fn start_at_zero(carriers: &[String], optout_keywords: &[String]) {
+    for c in carriers {
+        let c = || c.clone();
+        for n in [MESSAGES_SUBMITTED, SMPP_THROTTLED, SMPP_INBOUND_THROTTLED] {
+            counter!(n, "carrier" => c()).increment(0);
+        }
+        for status in ["delivered", "undeliverable", "expired", "rejected", "failed", "cancelled", "blocked"] {
+            counter!(MESSAGES_FINAL, "carrier" => c(), "status" => status).increment(0);
+        }
+        for direction in ["sent", "received"] {
+            counter!(SMPP_GENERIC_NACK, "carrier" => c(), "direction" => direction).increment(0);
+        }
+        for result in ["matched", "orphan", "duplicate", "unknown", "unparseable"] {
+            counter!(RECEIPTS, "carrier" => c(), "result" => result).increment(0);
+        }
+        for kind in ["receipt", "mo"] {
+            counter!(INBOUND, "carrier" => c(), "kind" => kind).increment(0);
+        }
+        for form in ["dec_receipt_hex_submit", "hex_receipt_dec_submit", "leading_zeros", "hex_case_or_zeros"] {
+            counter!(RECEIPT_ID_FALLBACK, "carrier" => c(), "form" => form).increment(0);
+        }
+        gauge!(QUEUE_DEPTH, "carrier" => c()).increment(0.0);
+        gauge!(SMPP_WINDOW_IN_USE, "carrier" => c()).increment(0.0);
+        for state in ["connecting", "bound", "down"] {
+            gauge!(SMPP_BINDS, "carrier" => c(), "state" => state).increment(0.0);
+        }
+    }
+    for k in optout_keywords {
+        counter!(OPTOUTS, "keyword" => k.clone()).increment(0);
+    }
+    for rule in ["ssn", "mrn", "dob", "deny_term"] {
+        counter!(CONTENT_FLAGS, "rule" => rule).increment(0);
+    }
+    for reason in ["recipient_opted_out", "consent_required", "content_policy_violation", "frequency_cap_exceeded"] {
+        counter!(COMPLIANCE_REJECTIONS, "reason" => reason).increment(0);
+    }
+    for result in ["delivered", "retry", "abandoned", "refused"] {
+        counter!(WEBHOOKS, "result" => result).increment(0);
+    }
+    for n in [MESSAGES_ACCEPTED, STORE_QUARANTINED, API_CONNECTIONS_REFUSED] {
+        counter!(n).increment(0);
+    }
+    gauge!(STORE_FAILED).increment(0.0);
+}
+
 /// Updates the process, disk and store gauges.
 pub fn sample(disk_free: u64, store_size: Option<u64>) {
-    if let Some((rss, fds, cpu)) = process_sample() {
+    if let Some((rss, fds, _)) = process_sample() {
         gauge!(PROCESS_RSS).set(rss as f64);
         gauge!(PROCESS_FDS).set(fds as f64);
-        gauge!(PROCESS_CPU).set(cpu);
     }
     gauge!(DISK_FREE).set(disk_free as f64);
     if let Some(size) = store_size {

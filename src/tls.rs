@@ -36,7 +36,7 @@ pub enum TlsError {
         reason: String,
     },
     /// rustls refused the material (key does not match the certificate, …).
-    #[error("{0}")]
+    #[error(transparent)]
     Rustls(#[from] rustls::Error),
     /// Certificate generation failed.
     #[error("generating a certificate: {0}")]
@@ -66,14 +66,26 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .map_err(|e| TlsError::Pem { path: path.display().to_string(), reason: e.to_string() })
 }
 
+/// A certificate/key pair rustls refused, said with the files it concerns.
+fn pair_error(e: rustls::Error, cert: &Path, key: &Path) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Pem {
+            path: key.display().to_string(),
+            reason: format!("this private key does not belong to the certificate in {}", cert.display()),
+        },
+        other => other.into(),
+    }
+}
+
 /// A server config: TLS 1.2 and 1.3 only, ALPN as given.
 pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
-    let key = load_key(key)?;
+    let key_der = load_key(key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key_der)
+        .map_err(|e| pair_error(e, cert, key))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -81,6 +93,7 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<Serv
 /// A server config that also asks for (and verifies) client certificates against `client_ca`.
 pub fn server_config_mtls(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
+    let key_path = key;
     let key = load_key(key)?;
     let mut roots = RootCertStore::empty();
     for c in load_certs(client_ca)? {
@@ -92,7 +105,8 @@ pub fn server_config_mtls(cert: &Path, key: &Path, client_ca: &Path) -> Result<A
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
+        .with_single_cert(certs, key)
+        .map_err(|e| pair_error(e, cert, key_path))?;
     Ok(Arc::new(config))
 }
 

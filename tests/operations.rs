@@ -41,6 +41,20 @@ async fn a_full_flow_at_trace_level_logs_no_phi_and_metrics_parse() {
     let mut gw = start(&config, certs.path("trace.log"), Some("trace"));
     let client = gw.client(&certs, &token);
     ready(&client).await;
+    // Before anything happened, every series a panel or an alert uses is there, at zero.
+    let fresh = http_text(gw.metrics, "/metrics").await;
+    for series in [
+        "smsgate_smpp_throttled_total{carrier=\"sim\"}",
+        "smsgate_messages_final_total{carrier=\"sim\",status=\"undeliverable\"}",
+        "smsgate_content_flags_total{rule=\"ssn\"}",
+        "smsgate_webhooks_total{result=\"retry\"}",
+        "smsgate_receipts_total{carrier=\"sim\",result=\"orphan\"}",
+        "smsgate_optouts_total{keyword=\"STOP\"}",
+    ] {
+        assert_eq!(metric(&fresh, series), Some(0.0), "{series} at zero from the start");
+    }
+    assert!(fresh.contains("# TYPE smsgate_process_cpu_seconds_total counter"), "{fresh}");
+    assert!(metric(&fresh, "smsgate_process_cpu_seconds_total").is_some_and(|s| s > 0.0));
     let number = "+14155550142";
     let body = "Gadolinium-Pineapple imaging results are ready";
     let a = client.post("/v1/messages", &json!({"to": number, "body": body, "from": "CLINIC"})).await;
@@ -190,7 +204,20 @@ async fn sighup_reloads_without_dropping_binds_and_refuses_a_bad_config() {
         "binds were never dropped: {stats}"
     );
     assert!(gw.log_text().contains("configuration reloaded"));
-    // Both reloads are in the audit trail (what `audit export` gives a SIEM).
+    // Keys that need a restart are named, and still named by the next reload of the same file
+    // (the process keeps running with the old values until then).
+    let restart_only = changed
+        .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:9\"", 1)
+        .replace("enquire_link_secs = 5", "enquire_link_secs = 7");
+    std::fs::write(&config, &restart_only).unwrap();
+    for _ in 0..2 {
+        let before = gw.log_text().matches("some changes need a restart").count();
+        gw.signal("HUP");
+        eventually(PATIENCE, "the reload", || gw.log_text().matches("some changes need a restart").count() > before)
+            .await;
+    }
+    assert_eq!(client.get("/healthz").await.status, StatusCode::OK, "the old listener still serves");
+    // Every reload is in the audit trail (what `audit export` gives a SIEM).
     std::fs::write(&config, &changed).unwrap();
     let (status, export, stderr) = smsgate(&[
         "audit".as_ref(),
@@ -207,7 +234,11 @@ async fn sighup_reloads_without_dropping_binds_and_refuses_a_bad_config() {
         .filter(|e| e["action"] == "config.reload")
         .collect();
     let outcomes: Vec<&str> = reloads.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["applied", "refused"], "{reloads:?}");
+    assert_eq!(outcomes, ["applied", "refused", "applied", "applied"], "{reloads:?}");
+    for r in &reloads[2..] {
+        assert_eq!(r["detail"]["needs_restart"], json!(["api.listen", "carriers.sim.enquire_link_secs"]), "{r}");
+    }
+    assert_eq!(reloads[0]["detail"]["needs_restart"], json!([]), "routes, rates and texts apply live");
     assert!(stderr.contains("exported"), "{stderr}");
     // --since keeps only later entries.
     let last_at = reloads[1]["at"].as_str().unwrap().to_string();

@@ -484,7 +484,8 @@ async fn main() -> Result<()> {
         });
     }
     if let (Some(b), Some(a)) = (&metrics_before, &metrics_after) {
-        let cpu = metric_sum(a, "smsgate_process_cpu_seconds") - metric_sum(b, "smsgate_process_cpu_seconds");
+        let cpu =
+            metric_sum(a, "smsgate_process_cpu_seconds_total") - metric_sum(b, "smsgate_process_cpu_seconds_total");
         let delivered = metric_sum(a, "smsgate_delivery_latency_seconds_count")
             - metric_sum(b, "smsgate_delivery_latency_seconds_count");
         let (db, da) = (buckets(b, "smsgate_delivery_latency_seconds"), buckets(a, "smsgate_delivery_latency_seconds"));

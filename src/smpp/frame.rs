@@ -24,7 +24,7 @@ pub enum FrameError {
     Truncated,
     /// Socket or TLS error.
     #[error("read error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 }
 
 /// Reads whole PDUs from a stream.
@@ -48,7 +48,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
             }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = self.inner.read_buf(&mut self.buf).await.map_err(FrameError::Io)?;
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
             }

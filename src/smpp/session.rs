@@ -260,7 +260,7 @@ pub enum LinkError {
     #[error("no response within {0:?} ({1})")]
     Timeout(Duration, &'static str),
     /// The byte stream cannot be framed any more.
-    #[error("{0}")]
+    #[error(transparent)]
     Frame(#[from] FrameError),
     /// The SMSC closed the connection.
     #[error("connection closed by the SMSC")]
@@ -272,7 +272,7 @@ pub enum LinkError {
     #[error("write failed: {0}")]
     Write(String),
     /// A bind field cannot be encoded.
-    #[error("{0}")]
+    #[error(transparent)]
     Encode(#[from] pdu::EncodeFailure),
     /// Orderly shutdown.
     #[error("shut down")]

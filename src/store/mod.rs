@@ -378,7 +378,7 @@ impl Store {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
                     StoreError::Locked(path.clone())
                 }
-                other => StoreError::from(other),
+                other => StoreError::Io(format!("{}: {other}", path.display())),
             })?;
         // sled's data lives in one log file; fdatasync it after each flush (see module docs).
         let log = File::open(path.join("db")).map_err(|e| StoreError::Io(format!("open sled log: {e}")))?;
