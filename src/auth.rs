@@ -122,10 +122,10 @@ impl Principal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization: Bearer` header.
-    #[error("missing Authorization: Bearer header")]
+    #[error("The request has no 'Authorization: Bearer <API key>' header.")]
     Missing,
     /// Unknown, malformed or revoked key.
-    #[error("invalid or revoked API key")]
+    #[error("The API key is not valid, or it has been revoked.")]
     Invalid,
 }
 

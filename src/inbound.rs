@@ -291,7 +291,7 @@ impl Inbound {
             ops.push(Op::Insert(Box::new(r.clone())));
         }
         if let Some(url) = &self.live.config().webhooks.inbound_url {
-            let payload = json!({"event": "inbound", "seq": seq, "carrier": carrier, "from": content.from, "to": content.to,
+            let payload = json!({"event": "inbound", "id": seq.to_string(), "carrier": carrier, "from": content.from, "to": content.to,
                                  "body": content.body, "kind": kind, "received_at": crate::message::rfc3339(now)});
             ops.push(crate::store::outbox::inbound_op(&crypto, url, &payload)?);
         }

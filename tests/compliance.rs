@@ -838,9 +838,32 @@ async fn registry_paging_scopes_and_consent_removal() {
     let first = c.get("/v1/inbound?limit=2").await.json;
     let bodies = |p: &Value| p["inbound"].as_array().unwrap().iter().map(|i| i["body"].clone()).collect::<Vec<_>>();
     assert_eq!(bodies(&first), [json!("one"), json!("two")]);
+    assert_eq!(first["more"], true);
     let next = first["next"].as_str().expect("a full page has a next cursor");
     let second = c.get(&format!("/v1/inbound?limit=2&after={next}")).await.json;
     assert_eq!(bodies(&second), [json!("three")]);
+    // A short page still says where to resume: a poller keeps `next` and asks again.
+    assert_eq!(second["more"], false);
+    let resume = second["next"].as_str().expect("a short page has a cursor too").to_string();
+    assert_eq!(second["inbound"][0]["id"], resume.as_str());
+    let mo = smsgate::smpp::pdu::ShortMessage {
+        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550209".into() },
+        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+        short_message: Bytes::from(smsgate::text::gsm_encode("four").unwrap()),
+        ..Default::default()
+    };
+    let (_, rx) = sim.handle.sim.inject(&mo).expect("a bound session");
+    assert_eq!(rx.await.unwrap(), 0);
+    let third = c.get(&format!("/v1/inbound?after={resume}")).await.json;
+    assert_eq!(bodies(&third), [json!("four")]);
+    let empty = c.get(&format!("/v1/inbound?after={}", third["next"].as_str().unwrap())).await.json;
+    assert_eq!((empty["inbound"].as_array().unwrap().len(), &empty["next"]), (0, &third["next"]), "{empty}");
+    // `limit` is validated as documented.
+    for bad in ["0", "-1", "abc", "1001", "5000"] {
+        let r = c.get(&format!("/v1/inbound?limit={bad}")).await;
+        assert_eq!((r.status, r.json["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("limit")), "{bad}");
+        assert_eq!(c.get(&format!("/v1/opt-outs?limit={bad}")).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
     gw.gateway.shutdown().await;
 }
 

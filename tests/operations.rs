@@ -587,3 +587,51 @@ async fn a_wrong_key_file_is_refused_by_every_command_and_nothing_is_half_used()
     gw.signal("TERM");
     assert!(gw.wait_exit(PATIENCE).expect("exits after SIGTERM").success());
 }
+
+/// Admin verbs use the store and its keys only: a backup cron job or an operator's shell does
+/// not have the carriers' passwords, and must not need them. Errors are said once.
+#[test]
+fn admin_verbs_need_no_carrier_secrets_and_errors_are_said_once() {
+    let certs = Certs::new();
+    let data = tempfile::tempdir().unwrap();
+    let unset = "SMSGATE_TEST_NEVER_SET_PASSWORD";
+    assert!(std::env::var(unset).is_err());
+    let config = certs.path("secretless.toml");
+    std::fs::write(&config, config_text(data.path(), &certs, 1, &format!("password_env = \"{unset}\""))).unwrap();
+    let run = |args: &[&str]| {
+        let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        all.extend(["--config".as_ref(), config.as_os_str()]);
+        smsgate(&all)
+    };
+    let (status, stdout, stderr) = run(&["keys", "create", "--name", "cron", "--scopes", "read"]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("token:"));
+    assert!(run(&["keys", "list"]).0.success());
+    assert!(run(&["audit", "verify"]).0.success());
+    let out = certs.path("nightly.backup");
+    let out_s = out.to_str().unwrap();
+    let (status, _, stderr) = run(&["backup", "--out", out_s]);
+    assert!(status.success(), "{stderr}");
+    // An existing backup is not overwritten by accident.
+    let (status, _, stderr) = run(&["backup", "--out", out_s]);
+    assert!(!status.success() && stderr.contains("exists") && stderr.contains("--force"), "{stderr}");
+    assert!(run(&["backup", "--out", out_s, "--force"]).0.success());
+    // Serving needs the password, and says which variable.
+    let (status, _, stderr) = run(&["check-config"]);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(unset), "{stderr}");
+    // An error and its cause once, not the cause repeated.
+    let (status, _, stderr) = smsgate(&["keys".as_ref(), "list".as_ref(), "--config".as_ref(), "/nonexistent/x.toml".as_ref()]);
+    assert_eq!(status.code(), Some(64));
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    // A key that is not the certificate's: named once, with both files.
+    let mismatched = certs.path("mismatch.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("password_env = \"{unset}\"\n"), "")
+        .replace(&certs.path("api.key").display().to_string(), &certs.path("smsc.key").display().to_string());
+    std::fs::write(&mismatched, text).unwrap();
+    let (status, _, stderr) = smsgate(&["check-config".as_ref(), "--config".as_ref(), mismatched.as_os_str()]);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.matches("does not belong to the certificate").count(), 1, "{stderr}");
+}

@@ -218,3 +218,25 @@ async fn messages_wait_for_a_carrier_that_is_down_and_survive_a_restart() {
     assert_eq!(sim.stats()["submit_sm_ok"], 5);
     gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_headers_their_status_calls_for() {
+    let (_certs, _sim, gw, _data) = setup(SimConfig::default()).await;
+    let body = json!({"to": "+14155550123", "body": "headers"});
+    let none = gw.client.with_token(None).post("/v1/messages", &body).await;
+    assert_eq!(none.headers["www-authenticate"], r#"Bearer realm="smsgate""#);
+    assert!(none.json["error"]["message"].as_str().unwrap().starts_with("The request has no"));
+    let bad = gw.client.with_token(Some("sgk_000000000000_00")).post("/v1/messages", &body).await;
+    assert_eq!(bad.headers["www-authenticate"], r#"Bearer realm="smsgate", error="invalid_token""#);
+    assert_eq!(bad.json["error"]["message"], "The API key is not valid, or it has been revoked.");
+    let wrong = gw.client.raw(hyper::Method::PATCH, "/v1/messages/01ABC", &[], bytes::Bytes::new()).await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.headers["allow"], "GET, DELETE");
+    assert_eq!(wrong.json["error"]["message"], "Use GET or DELETE on this path.");
+    let sent = gw.client.post("/v1/messages", &body).await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED);
+    let location = sent.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/messages/{}", sent.json["id"].as_str().unwrap()));
+    assert_eq!(gw.client.get(&location).await.status, StatusCode::OK, "the Location answers");
+    gw.gateway.shutdown().await;
+}

@@ -19,11 +19,13 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// A header the status calls for: `WWW-Authenticate` (401), `Allow` (405).
+    pub header: Option<(header::HeaderName, String)>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None, retry_after: None }
+        ApiError { status, code, message: message.into(), field: None, retry_after: None, header: None }
     }
 
     /// Attaches the offending field.
@@ -53,9 +55,13 @@ impl ApiError {
             .field(field)
     }
 
-    /// 401 `unauthorized`.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    /// 401 `unauthorized`, with the `WWW-Authenticate` challenge (RFC 6750).
+    pub fn unauthorized(message: impl Into<String>, invalid_token: bool) -> Self {
+        let challenge =
+            if invalid_token { r#"Bearer realm="smsgate", error="invalid_token""# } else { r#"Bearer realm="smsgate""# };
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.header = Some((header::WWW_AUTHENTICATE, challenge.into()));
+        e
     }
 
     /// 403 `forbidden`.
@@ -68,9 +74,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("No {what} here."))
     }
 
-    /// 405 `method_not_allowed`.
-    pub fn method_not_allowed(allowed: &str) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("Use {allowed} on this path."))
+    /// 405 `method_not_allowed`, with `Allow`.
+    pub fn method_not_allowed(allowed: &[&str]) -> Self {
+        let said = match allowed {
+            [one] => one.to_string(),
+            [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+            [] => String::new(),
+        };
+        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("Use {said} on this path."));
+        e.header = Some((header::ALLOW, allowed.join(", ")));
+        e
     }
 
     /// 413 `payload_too_large`.
@@ -127,6 +140,11 @@ impl ApiError {
             && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some((name, value)) = self.header
+            && let Ok(v) = header::HeaderValue::from_str(&value)
+        {
+            response.headers_mut().insert(name, v);
         }
         response
     }

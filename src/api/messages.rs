@@ -54,7 +54,19 @@ fn replay(record: &IdempotencyRecord, body_hash: &str) -> Handled {
     let status = StatusCode::from_u16(record.status).unwrap_or(StatusCode::ACCEPTED);
     let mut r = json_response(status, &record.response);
     r.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+    if status == StatusCode::ACCEPTED {
+        with_location(&mut r, &record.response);
+    }
     Ok(r)
+}
+
+/// `Location: /v1/messages/{id}` on a 202: where the message's status is.
+fn with_location(r: &mut hyper::Response<http_body_util::Full<bytes::Bytes>>, view: &Value) {
+    if let Some(id) = view["id"].as_str()
+        && let Ok(v) = header::HeaderValue::from_str(&format!("/v1/messages/{id}"))
+    {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
 }
 
 /// Validates one message, applies the compliance rules, and turns it into a record (not yet
@@ -335,6 +347,9 @@ pub async fn send(state: &AppState, req: ApiRequest) -> Handled {
             .await?;
     if let Some(id) = response["id"].as_str() {
         answer.extensions_mut().insert(super::AuditTarget(id.to_string()));
+    }
+    if answer.status() == StatusCode::ACCEPTED {
+        with_location(&mut answer, &response);
     }
     Ok(answer)
 }

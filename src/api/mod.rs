@@ -341,12 +341,12 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
             let n = n.to_string();
             ("delete_consent", registry::delete_consent(state, &req, &n).await)
         }
-        (["v1", "inbound"] | ["v1", "opt-outs"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
-        (["v1", "opt-outs", _], _) => ("other", Err(ApiError::method_not_allowed("GET, PUT or DELETE"))),
-        (["v1", "consents", _], _) => ("other", Err(ApiError::method_not_allowed("PUT or DELETE"))),
-        (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed("GET"))),
-        (["v1", "messages"] | ["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed("POST"))),
-        (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed("GET or DELETE"))),
+        (["v1", "inbound"] | ["v1", "opt-outs"], _) => ("other", Err(ApiError::method_not_allowed(&["GET"]))),
+        (["v1", "opt-outs", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "PUT", "DELETE"]))),
+        (["v1", "consents", _], _) => ("other", Err(ApiError::method_not_allowed(&["PUT", "DELETE"]))),
+        (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed(&["GET"]))),
+        (["v1", "messages"] | ["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
+        (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "DELETE"]))),
         _ => ("other", Err(ApiError::not_found("such endpoint"))),
     }
 }
@@ -354,7 +354,10 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
 /// Authenticates, checks the scope, and counts the request against the key's rate.
 fn authorize(state: &AppState, req: &ApiRequest, scope: Scope) -> Result<Principal, ApiError> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let principal = state.keys.authenticate(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let principal = state
+        .keys
+        .authenticate(header)
+        .map_err(|e| ApiError::unauthorized(e.to_string(), matches!(e, crate::auth::AuthError::Invalid)))?;
     if !principal.has(scope) {
         let name = match scope {
             Scope::Send => "send",

@@ -75,7 +75,7 @@ pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR;
     authorize(state, req, Scope::Optouts)?;
     let q = query(req);
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(&q)?;
     let after = match q.get("after") {
         None => None,
         Some(c) => Some(
@@ -236,9 +236,12 @@ pub fn list_inbound(state: &AppState, req: &ApiRequest) -> Handled {
         ),
         None => None,
     };
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(&q)?;
     let items = crate::inbound::list(&state.store, after, limit).map_err(store_error)?;
-    let next = (items.len() == limit).then(|| items.last().map(|m| m.seq.to_string())).flatten();
+    // Always where to resume: the last text of this page, or where this page started. A
+    // poller keeps it and asks again later; `more` says whether to ask at once.
+    let next = items.last().map(|m| m.seq.to_string()).or_else(|| after.map(|a| a.to_string()));
+    let more = items.len() == limit;
     let view: Vec<Value> = items
         .iter()
         .map(|m| {
@@ -256,7 +259,19 @@ pub fn list_inbound(state: &AppState, req: &ApiRequest) -> Handled {
             v
         })
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({"inbound": view, "next": next})))
+    Ok(json_response(StatusCode::OK, &json!({"inbound": view, "next": next, "more": more})))
+}
+
+/// `limit`: 1 to 1000, 100 when absent; anything else is a 400, not a guess.
+fn page_limit(q: &std::collections::HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "'limit' is a whole number from 1 to 1000.")),
+    }
 }
 
 /// The query string's parameters, percent-decoded (`%2B` is `+`; a bare `+` stays a `+`, as
