@@ -1340,11 +1340,18 @@ system_id = "gw"
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("pw");
         std::fs::write(&file, "\n").expect("password file");
-        let text = MINIMAL.replace("system_id = \"gw\"", &format!("system_id = \"gw\"\npassword_file = \"{}\"", file.display()));
+        let text = MINIMAL
+            .replace("system_id = \"gw\"", &format!("system_id = \"gw\"\npassword_file = \"{}\"", file.display()));
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("password: is configured but empty"), "{e}");
         // The admin verbs do not read it at all.
-        let (_, problems) = Config::parse_checked(&text.replace("KEYFILE", key_file()), Path::new("t.toml"), Path::new("/base"), Purpose::Admin).expect("parses");
+        let (_, problems) = Config::parse_checked(
+            &text.replace("KEYFILE", key_file()),
+            Path::new("t.toml"),
+            Path::new("/base"),
+            Purpose::Admin,
+        )
+        .expect("parses");
         assert!(problems.is_empty(), "{problems:?}");
     }
 

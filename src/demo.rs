@@ -18,6 +18,39 @@ pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
 
 /// Where the simulator's control interface listens in the demo.
 const SIM_CONTROL: &str = "127.0.0.1:8775";
+/// Where the demo's webhook receiver listens.
+const WEBHOOK_RECEIVER: &str = "127.0.0.1:8780";
+
+/// A webhook receiver for the demo: checks each signature and prints one line per webhook
+/// (event, message id, status; never a number or a body).
+async fn receive_webhooks(secret: Vec<u8>, stop: watch::Receiver<bool>) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(WEBHOOK_RECEIVER)
+        .await
+        .with_context(|| format!("webhook receiver on {WEBHOOK_RECEIVER}"))?;
+    let addr = listener.local_addr()?;
+    let secret = std::sync::Arc::new(secret);
+    tokio::spawn(crate::httpd::serve(listener, stop, move |req: hyper::Request<bytes::Bytes>| {
+        let secret = secret.clone();
+        async move {
+            let signature = req.headers().get("smsgate-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let now = crate::message::now_ms() / 1000;
+            let valid = crate::webhooks::verify(&secret, signature, req.body(), now, 300);
+            let event: serde_json::Value = serde_json::from_slice(req.body()).unwrap_or_default();
+            println!(
+                "webhook {} {} {} (signature {})",
+                event["event"].as_str().unwrap_or("?"),
+                event["id"].as_str().unwrap_or("?"),
+                event["status"].as_str().or(event["kind"].as_str()).unwrap_or(""),
+                if valid { "valid" } else { "INVALID" }
+            );
+            crate::httpd::text(
+                if valid { hyper::StatusCode::OK } else { hyper::StatusCode::UNAUTHORIZED },
+                if valid { "ok\n" } else { "bad signature\n" },
+            )
+        }
+    }));
+    Ok(addr)
+}
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(config_path: Option<&Path>) -> Result<()> {
@@ -40,6 +73,8 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
     }
     let password = fsutil::hex(&fsutil::random_bytes(4));
     fsutil::write_private(&base.join("data/demo/smsc.password"), password.as_bytes())?;
+    let webhook_secret = fsutil::hex(&fsutil::random_bytes(32));
+    fsutil::write_private(&base.join("data/demo/webhook.secret"), webhook_secret.as_bytes())?;
     let config = Config::from_toml(&text, &path, &base)?;
     crate::cli::init_logging(&config.log);
     let carrier = config.carriers.first().context("the demo config needs one carrier")?.clone();
@@ -59,11 +94,17 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
     };
     let sim_config =
         SimConfig { system_id: Some(carrier.system_id.clone()), password: Some(password), ..SimConfig::default() };
-    let sim = Sim::start(sim_config, listeners, None, stop_rx);
+    let sim = Sim::start(sim_config, listeners, None, stop_rx.clone());
+    let receiver = receive_webhooks(webhook_secret.into_bytes(), stop_rx).await?;
 
     let gateway = Gateway::start(config).await.context("starting the gateway")?;
     let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
-    let (_, token) = admin.create("demo", vec![Scope::Send, Scope::Read, Scope::Optouts]).await?;
+    let (key, token) = admin.create("demo", vec![Scope::Send, Scope::Read, Scope::Optouts]).await?;
+    let policy = crate::webhooks::TargetPolicy::new(&["127.0.0.0/8".to_string()]).map_err(anyhow::Error::msg)?;
+    admin
+        .set_policy(&key.id, None, Some(&format!("http://{receiver}/status")), None, &policy)
+        .await
+        .context("pointing the demo key's webhooks at the receiver")?;
     let api = format!("https://{}", gateway.api_addr);
     println!(
         r#"
@@ -87,7 +128,13 @@ Play the handset (an inbound text through the simulator):
   curl -s http://{control}/mo -d '{{"from":"+14155550123","to":"SMSGATE","text":"Hello back"}}'
   curl -s http://{control}/mo -d '{{"from":"+14155550123","to":"SMSGATE","text":"STOP"}}'   # then sends to it get 422
   curl -k {api}/v1/inbound -H 'Authorization: Bearer {token}'
-"#,
+
+Webhooks: every status change of the demo key's messages, and every inbound text, is POSTed
+(signed) to the receiver on http://{receiver}; it prints one "webhook …" line each here.
+
+Test numbers (any other number is delivered):
+{test_numbers}"#,
+        test_numbers = crate::sim::test_numbers::listing(),
         metrics = gateway.metrics_addr,
         smpp = sim.tls_addr.map(|a| a.to_string()).unwrap_or_default(),
         control = sim.control_addr,

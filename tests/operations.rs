@@ -621,7 +621,8 @@ fn admin_verbs_need_no_carrier_secrets_and_errors_are_said_once() {
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(stderr.contains(unset), "{stderr}");
     // An error and its cause once, not the cause repeated.
-    let (status, _, stderr) = smsgate(&["keys".as_ref(), "list".as_ref(), "--config".as_ref(), "/nonexistent/x.toml".as_ref()]);
+    let (status, _, stderr) =
+        smsgate(&["keys".as_ref(), "list".as_ref(), "--config".as_ref(), "/nonexistent/x.toml".as_ref()]);
     assert_eq!(status.code(), Some(64));
     assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
     // A key that is not the certificate's: named once, with both files.

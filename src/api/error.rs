@@ -57,8 +57,11 @@ impl ApiError {
 
     /// 401 `unauthorized`, with the `WWW-Authenticate` challenge (RFC 6750).
     pub fn unauthorized(message: impl Into<String>, invalid_token: bool) -> Self {
-        let challenge =
-            if invalid_token { r#"Bearer realm="smsgate", error="invalid_token""# } else { r#"Bearer realm="smsgate""# };
+        let challenge = if invalid_token {
+            r#"Bearer realm="smsgate", error="invalid_token""#
+        } else {
+            r#"Bearer realm="smsgate""#
+        };
         let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
         e.header = Some((header::WWW_AUTHENTICATE, challenge.into()));
         e
@@ -81,7 +84,8 @@ impl ApiError {
             [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
             [] => String::new(),
         };
-        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("Use {said} on this path."));
+        let mut e =
+            Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("Use {said} on this path."));
         e.header = Some((header::ALLOW, allowed.join(", ")));
         e
     }

@@ -311,6 +311,7 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state))),
         (["v1", "messages"], &Method::POST) => ("send", messages::send(state, req).await),
         (["v1", "messages", "batch"], &Method::POST) => ("send_batch", messages::send_batch(state, req).await),
+        (["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
         (["v1", "messages", id], &Method::GET) => {
             let id = id.to_string();
             ("get_message", messages::get(state, &req, &id))
@@ -345,7 +346,7 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
         (["v1", "opt-outs", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "PUT", "DELETE"]))),
         (["v1", "consents", _], _) => ("other", Err(ApiError::method_not_allowed(&["PUT", "DELETE"]))),
         (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed(&["GET"]))),
-        (["v1", "messages"] | ["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
+        (["v1", "messages"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
         (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "DELETE"]))),
         _ => ("other", Err(ApiError::not_found("such endpoint"))),
     }

@@ -222,7 +222,7 @@ pub async fn delete_consent(state: &AppState, req: &ApiRequest, raw: &str) -> Ha
     }
     state.store.commit_one(Op::Delete { key: registry::consent_key(&idx) }).await.map_err(store_error)?;
     audit(state, &p, "consent.delete", &idx, "removed");
-    Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "removed": true})), &idx))
+    Ok(with_target(json_response(StatusCode::OK, &json!({"number": n.as_str(), "removed": 1})), &idx))
 }
 
 /// `GET /v1/inbound?after=CURSOR&limit=N`: inbound texts, oldest first.

@@ -7,6 +7,7 @@
 mod control;
 mod record;
 mod session;
+pub mod test_numbers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct SimConfig {
     /// Receipts carry the id only in their text, in decimal (no `receipted_message_id`), as
     /// carriers with hexadecimal `submit_sm_resp` ids often do.
     pub receipt_id_decimal_text: bool,
+    /// Test numbers give their outcomes (see [`test_numbers`]).
+    pub test_numbers: bool,
     /// Close a connection once this many submit_sm were answered on it (0 = never).
     pub drop_after: u64,
     /// Drop every connection that reaches `drop_after`, not only the first.
@@ -70,6 +73,7 @@ impl Default for SimConfig {
             msgid_start: 1,
             msgid_decimal: false,
             receipt_id_decimal_text: false,
+            test_numbers: true,
             drop_after: 0,
             drop_every: false,
             error_ratio: 0.0,
@@ -145,6 +149,8 @@ pub struct Sim {
     pub(crate) accepted: AtomicU64,
     pub(crate) submits_seen: AtomicU64,
     pub(crate) dropped_once: std::sync::atomic::AtomicBool,
+    /// Submits to the throttling test number so far.
+    pub(crate) throttle_test: AtomicU64,
     pub(crate) pending_dlrs: Mutex<Vec<PendingDlr>>,
     pub(crate) recorder: Option<Recorder>,
     started_ms: u64,
@@ -176,6 +182,12 @@ pub struct SimListeners {
 }
 
 impl Sim {
+    /// Whether this submit to the throttling test number is answered ESME_RTHROTTLED: the
+    /// first, third, … are.
+    pub(crate) fn throttle_test_number(&self) -> bool {
+        self.throttle_test.fetch_add(1, Ordering::Relaxed).is_multiple_of(2)
+    }
+
     /// Starts the simulator on the given listeners; it runs until `shutdown` turns true.
     pub fn start(
         config: SimConfig,
@@ -192,6 +204,7 @@ impl Sim {
             accepted: AtomicU64::new(0),
             submits_seen: AtomicU64::new(0),
             dropped_once: std::sync::atomic::AtomicBool::new(false),
+            throttle_test: AtomicU64::new(0),
             pending_dlrs: Mutex::new(Vec::new()),
             recorder,
             started_ms: crate::message::now_ms(),

@@ -1,5 +1,6 @@
 //! One SMPP connection to the simulator.
 
+use super::test_numbers::Behaviour;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +118,20 @@ where
                     send(pdu::header(0x8000_0004, status::THROTTLED, frame.seq));
                     continue;
                 }
+                let test_number =
+                    if sim.config.test_numbers { super::test_numbers::behaviour(&sm.dest.addr) } else { None };
+                let refusal = match test_number {
+                    Some(Behaviour::Refused(code)) => Some(code),
+                    Some(Behaviour::Throttled) if sim.throttle_test_number() => Some(status::THROTTLED),
+                    _ => None,
+                };
+                if let Some(code) = refusal {
+                    if let Some(r) = &sim.recorder {
+                        r.record(session_id, &system_id, frame.seq, code, None, &sm);
+                    }
+                    send(pdu::header(0x8000_0004, code, frame.seq));
+                    continue;
+                }
                 let n = sim.submits_seen.fetch_add(1, Ordering::Relaxed) + 1;
                 let ratio = sim.config.error_ratio;
                 if ratio > 0.0 && (n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor() {
@@ -146,8 +161,8 @@ where
                 } else {
                     send(resp);
                 }
-                if sm.registered_delivery & 0x03 != 0 {
-                    schedule_receipt(&sim, session_id, mode, system_id, id, *sm);
+                if sm.registered_delivery & 0x03 != 0 && test_number != Some(Behaviour::NoReceipt) {
+                    schedule_receipt(&sim, session_id, mode, system_id, id, *sm, test_number);
                 }
                 let answered = submits.load(Ordering::Relaxed);
                 if sim.config.drop_after > 0
@@ -202,19 +217,28 @@ fn schedule_receipt(
     system_id: String,
     id: String,
     submitted: ShortMessage,
+    test_number: Option<Behaviour>,
 ) {
     let n = sim.accepted.fetch_add(1, Ordering::Relaxed) + 1;
     // Deterministic accumulator: exactly `ratio` of the messages fail.
     let ratio = sim.config.dlr_fail_ratio;
-    let fail = ratio > 0.0 && ((n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor());
     let (lo, hi) = sim.config.dlr_delay_ms;
-    let delay = if hi > lo { lo + crate::fsutil::random_u64() % (hi - lo + 1) } else { lo };
+    let mut delay = if hi > lo { lo + crate::fsutil::random_u64() % (hi - lo + 1) } else { lo };
+    let (stat, dlvrd, err, state) = match test_number {
+        Some(Behaviour::Receipt { stat, state }) => (stat, "000", "001", state),
+        _ if ratio > 0.0 && ((n as f64 * ratio).floor() > ((n - 1) as f64 * ratio).floor()) => {
+            ("UNDELIV", "000", "001", 5u8)
+        }
+        _ => ("DELIVRD", "001", "000", 2u8),
+    };
+    if let Some(Behaviour::SlowReceipt { delay_ms }) = test_number {
+        delay = delay_ms;
+    }
+    let fail = state != 2;
     let sim = sim.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let now = jiff::Timestamp::now().strftime("%y%m%d%H%M").to_string();
-        let (stat, dlvrd, err, state) =
-            if fail { ("UNDELIV", "000", "001", 5u8) } else { ("DELIVRD", "001", "000", 2u8) };
         let decimal_text = sim.config.receipt_id_decimal_text;
         let text_id = match u128::from_str_radix(&id, if sim.config.msgid_decimal { 10 } else { 16 }) {
             Ok(n) if decimal_text => n.to_string(),
