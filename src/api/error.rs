@@ -20,7 +20,7 @@ pub struct ApiError {
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
     /// A header the status calls for: `WWW-Authenticate` (401), `Allow` (405).
-    pub header: Option<(header::HeaderName, String)>,
+    pub header: Option<Box<(header::HeaderName, String)>>,
 }
 
 impl ApiError {
@@ -63,7 +63,7 @@ impl ApiError {
             r#"Bearer realm="smsgate""#
         };
         let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
-        e.header = Some((header::WWW_AUTHENTICATE, challenge.into()));
+        e.header = Some(Box::new((header::WWW_AUTHENTICATE, challenge.into())));
         e
     }
 
@@ -86,7 +86,7 @@ impl ApiError {
         };
         let mut e =
             Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("Use {said} on this path."));
-        e.header = Some((header::ALLOW, allowed.join(", ")));
+        e.header = Some(Box::new((header::ALLOW, allowed.join(", "))));
         e
     }
 
@@ -145,10 +145,10 @@ impl ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        if let Some((name, value)) = self.header
-            && let Ok(v) = header::HeaderValue::from_str(&value)
+        if let Some(h) = self.header
+            && let Ok(v) = header::HeaderValue::from_str(&h.1)
         {
-            response.headers_mut().insert(name, v);
+            response.headers_mut().insert(h.0, v);
         }
         response
     }
