@@ -349,6 +349,16 @@ async fn registry_and_consent_api() {
         assert!(r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     }
     assert_eq!(c.get("/v1/opt-outs/%2B14155550188").await.status, StatusCode::NOT_FOUND, "nothing recorded");
+    // Consents are held to the same rules.
+    for (body, code) in [
+        ("{\"source\": \"intake\", \"extra\": 1}", "unknown_field"),
+        ("{\"source\": 5}", "invalid_field"),
+        ("{\"consented_at\": null}", "missing_field"),
+        ("[]", "invalid_field"),
+    ] {
+        let r = c.raw(Method::PUT, "/v1/consents/%2B14155550188", &json_type, Bytes::from(body)).await;
+        assert_eq!((r.status, r.json["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some(code)), "{body}");
+    }
     gw.gateway.shutdown().await;
 }
 

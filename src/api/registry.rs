@@ -159,8 +159,16 @@ pub async fn delete_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Han
     // The patient texted STOP: under the TCPA only the patient lifts that (by texting START).
     // An operator who has the patient's consent otherwise must say so, and it is audited.
     let texted = entries.iter().any(|(_, e)| e.source == "keyword");
-    let reason = q.get("reason").map(|r| r.trim()).filter(|r| !r.is_empty() && r.chars().count() <= 200);
-    let overridden = q.get("override").map(String::as_str) == Some("patient_stop");
+    let reason = match q.get("reason").map(|r| r.trim()) {
+        None => None,
+        Some(r) if !r.is_empty() && r.chars().count() <= 200 => Some(r),
+        Some(_) => return Err(ApiError::invalid("reason", "'reason' is 1 to 200 characters.")),
+    };
+    let overridden = match q.get("override").map(String::as_str) {
+        None => false,
+        Some("patient_stop") => true,
+        Some(_) => return Err(ApiError::invalid("override", "'override' can only be 'patient_stop'.")),
+    };
     if texted && !(overridden && reason.is_some()) {
         return Err(ApiError::conflict(
             "patient_opt_out",
@@ -184,11 +192,19 @@ pub async fn put_consent(state: &AppState, req: ApiRequest, raw: &str) -> Handle
     let p = authorize(state, &req, Scope::Optouts)?;
     let n = number(raw)?;
     let body = json_body(&req)?;
-    let source = body
-        .get("source")
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty() && s.len() <= 200)
-        .ok_or_else(|| ApiError::missing("source"))?;
+    let Value::Object(fields) = &body else {
+        return Err(ApiError::invalid("", "The body must be an object: {\"source\": \"…\"}.").field("body"));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "source" | "consented_at")) {
+        return Err(ApiError::unknown_field(unknown));
+    }
+    let source = match body.get("source") {
+        None | Some(Value::Null) => return Err(ApiError::missing("source")),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => s.as_str(),
+        Some(_) => {
+            return Err(ApiError::invalid("source", "'source' is how the consent was given: 1 to 200 characters."));
+        }
+    };
     let consented_ms = match body.get("consented_at") {
         None | Some(Value::Null) => now_ms(),
         Some(Value::String(s)) => s
