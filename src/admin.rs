@@ -14,10 +14,27 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::accounts::admin::{AccountAdmin, AccountChanges, NewAccount};
+use crate::accounts::{AccountView, Accounts};
 use crate::audit::{Audit, Event};
 use crate::auth::{ApiKey, KeyAdmin, KeyRing, Scope};
 use crate::config::Config;
 use crate::store::Store;
+
+/// What admin requests act on.
+#[derive(Clone)]
+pub struct AdminCtx {
+    /// The store.
+    pub store: Store,
+    /// API keys.
+    pub ring: Arc<KeyRing>,
+    /// Accounts.
+    pub accounts: Arc<Accounts>,
+    /// The audit trail.
+    pub audit: Audit,
+    /// The configuration.
+    pub config: Arc<Config>,
+}
 
 /// A request over the socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +42,9 @@ use crate::store::Store;
 pub enum AdminRequest {
     /// Create an API key.
     KeysCreate {
+        /// Its account (absent: `default`).
+        #[serde(default)]
+        account: Option<String>,
         /// Label.
         name: String,
         /// Scopes.
@@ -79,6 +99,25 @@ pub enum AdminRequest {
     },
     /// Records set aside because they could not be decoded.
     QuarantineList,
+    /// Create an account.
+    AccountsCreate {
+        /// What to create.
+        account: NewAccount,
+    },
+    /// List accounts.
+    AccountsList,
+    /// One account.
+    AccountsShow {
+        /// Its name.
+        name: String,
+    },
+    /// Change an account (also: disable it).
+    AccountsUpdate {
+        /// Its name.
+        name: String,
+        /// What changes.
+        changes: AccountChanges,
+    },
 }
 
 /// The answer.
@@ -129,6 +168,18 @@ pub enum AdminResponse {
         /// The key record.
         key: ApiKey,
     },
+    /// An account, and its webhook signing secret when it was just made (shown once).
+    Account {
+        /// The account.
+        account: AccountView,
+        /// Its new webhook secret.
+        webhook_secret: Option<String>,
+    },
+    /// Accounts.
+    Accounts {
+        /// Every account.
+        accounts: Vec<AccountView>,
+    },
     /// Records set aside.
     Quarantined {
         /// Each with its original key, reason and time.
@@ -148,22 +199,17 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Executes a request against an open store (server side, or the CLI when no server runs),
 /// and records it in the audit trail.
-pub async fn execute(
-    store: &Store,
-    ring: &KeyRing,
-    audit: &Audit,
-    config: &Config,
-    actor: &str,
-    req: AdminRequest,
-) -> AdminResponse {
+pub async fn execute(ctx: &AdminCtx, actor: &str, req: AdminRequest) -> AdminResponse {
     let action = op_name(&req);
     let target = match &req {
         AdminRequest::KeysSetLimits { id, .. }
         | AdminRequest::KeysRevoke { id }
         | AdminRequest::KeysSetPolicy { id, .. } => id.clone(),
+        AdminRequest::AccountsShow { name } | AdminRequest::AccountsUpdate { name, .. } => format!("account:{name}"),
+        AdminRequest::AccountsCreate { account } => format!("account:{}", account.name),
         _ => String::new(),
     };
-    let answer = run_request(store, ring, config, req).await;
+    let answer = run_request(ctx, req).await;
     let (target, outcome) = match &answer {
         AdminResponse::Created { key, .. } | AdminResponse::Updated { key } | AdminResponse::Revoked { key } => {
             (key.id.clone(), "ok".to_string())
@@ -174,16 +220,46 @@ pub async fn execute(
         AdminResponse::Imported { recorded, refused } => {
             (target, format!("recorded {recorded}, refused {}", refused.len()))
         }
-        AdminResponse::Keys { .. } | AdminResponse::OptOuts { .. } | AdminResponse::Quarantined { .. } => {
-            (target, "ok".to_string())
-        }
+        AdminResponse::Keys { .. }
+        | AdminResponse::OptOuts { .. }
+        | AdminResponse::Quarantined { .. }
+        | AdminResponse::Account { .. }
+        | AdminResponse::Accounts { .. } => (target, "ok".to_string()),
     };
-    audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
+    ctx.audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
     answer
 }
 
-async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminRequest) -> AdminResponse {
+/// Account requests.
+async fn accounts_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
+    let admin = AccountAdmin { store: &ctx.store, accounts: &ctx.accounts };
+    let policy = ctx.config.webhooks.policy().unwrap_or_default();
+    let answer = match req {
+        AdminRequest::AccountsCreate { account } => admin
+            .create(account, &policy)
+            .await
+            .map(|(a, secret)| AdminResponse::Account { account: (&a).into(), webhook_secret: Some(secret) }),
+        AdminRequest::AccountsUpdate { name, changes } => admin
+            .update(&name, changes, &policy)
+            .await
+            .map(|(a, secret)| AdminResponse::Account { account: (&a).into(), webhook_secret: secret }),
+        AdminRequest::AccountsShow { name } => ctx
+            .accounts
+            .get(&name)
+            .map(|a| AdminResponse::Account { account: (&a).into(), webhook_secret: None })
+            .ok_or(crate::accounts::AccountError::NotFound(name)),
+        _ => Ok(AdminResponse::Accounts { accounts: ctx.accounts.list().iter().map(AccountView::from).collect() }),
+    };
+    answer.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
+}
+
+async fn run_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
+    let (store, ring, config) = (&ctx.store, ctx.ring.as_ref(), ctx.config.as_ref());
     match req {
+        AdminRequest::AccountsCreate { .. }
+        | AdminRequest::AccountsList
+        | AdminRequest::AccountsShow { .. }
+        | AdminRequest::AccountsUpdate { .. } => return accounts_request(ctx, req).await,
         AdminRequest::RotateDataKey => return rotate(store, config).await,
         AdminRequest::QuarantineList => {
             return match store.quarantined() {
@@ -234,8 +310,12 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
     }
     let admin = KeyAdmin { store, ring };
     let result = match req {
-        AdminRequest::KeysCreate { name, scopes, rate_per_sec, daily_segments } => {
-            match admin.create(&name, scopes).await {
+        AdminRequest::KeysCreate { account, name, scopes, rate_per_sec, daily_segments } => {
+            let account = account.unwrap_or_else(|| crate::accounts::DEFAULT.to_string());
+            if ctx.accounts.get(&account).is_none() {
+                return AdminResponse::Error { message: format!("no account named '{account}' (smsgate accounts list)") };
+            }
+            match admin.create(&account, &name, scopes).await {
                 Ok((key, token)) if rate_per_sec.is_some() || daily_segments.is_some() => admin
                     .set_limits(&key.id, rate_per_sec, daily_segments)
                     .await
@@ -261,7 +341,11 @@ async fn run_request(store: &Store, ring: &KeyRing, config: &Config, req: AdminR
         | AdminRequest::OptOutsExport
         | AdminRequest::QuarantineList
         | AdminRequest::OptOutsImport { .. }
-        | AdminRequest::Backup { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
+        | AdminRequest::Backup { .. }
+        | AdminRequest::AccountsCreate { .. }
+        | AdminRequest::AccountsList
+        | AdminRequest::AccountsShow { .. }
+        | AdminRequest::AccountsUpdate { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
     };
     result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
@@ -315,7 +399,7 @@ async fn import(store: &Store, rows: Vec<(String, String)>) -> AdminResponse {
             "import",
             None,
             None,
-            "cli",
+            ("cli", None),
             now,
             true,
         ) {
@@ -333,14 +417,8 @@ async fn import(store: &Store, rows: Vec<(String, String)>) -> AdminResponse {
 }
 
 /// Starts the socket server.
-pub fn serve(
-    config: Arc<Config>,
-    store: Store,
-    ring: Arc<KeyRing>,
-    audit: Audit,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let path = socket_path(&config.data_dir);
+pub fn serve(ctx: AdminCtx, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let path = socket_path(&ctx.config.data_dir);
     tokio::spawn(async move {
         let _ = std::fs::remove_file(&path);
         let listener = match UnixListener::bind(&path) {
@@ -365,10 +443,7 @@ pub fn serve(
                 r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 _ = shutdown.changed() => break,
             };
-            let store = store.clone();
-            let ring = ring.clone();
-            let audit = audit.clone();
-            let config = config.clone();
+            let ctx = ctx.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
@@ -377,7 +452,7 @@ pub fn serve(
                     Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
                         Ok(req) => {
                             info!(op = op_name(&req), "admin request");
-                            execute(&store, &ring, &audit, &config, "admin-socket", req).await
+                            execute(&ctx, "admin-socket", req).await
                         }
                         Err(e) => AdminResponse::Error { message: format!("bad request: {e}") },
                     },
@@ -404,6 +479,10 @@ fn op_name(req: &AdminRequest) -> &'static str {
         AdminRequest::KeysList => "keys_list",
         AdminRequest::KeysRevoke { .. } => "keys_revoke",
         AdminRequest::QuarantineList => "quarantine_list",
+        AdminRequest::AccountsCreate { .. } => "accounts_create",
+        AdminRequest::AccountsList => "accounts_list",
+        AdminRequest::AccountsShow { .. } => "accounts_show",
+        AdminRequest::AccountsUpdate { .. } => "accounts_update",
     }
 }
 

@@ -61,11 +61,18 @@ impl Scope {
     }
 }
 
+fn default_account() -> String {
+    crate::accounts::DEFAULT.to_string()
+}
+
 /// A stored API key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     /// Public id (appears in tokens, logs and audit entries).
     pub id: String,
+    /// The account it belongs to (keys from before accounts: `default`).
+    #[serde(default = "default_account")]
+    pub account: String,
     /// Human label.
     pub name: String,
     /// Granted scopes.
@@ -99,6 +106,8 @@ pub struct ApiKey {
 pub struct Principal {
     /// Key id.
     pub key_id: String,
+    /// Its account.
+    pub account: String,
     /// Its scopes.
     pub scopes: Vec<Scope>,
     /// Its daily segment quota.
@@ -148,12 +157,14 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Makes a new key record and its token. The token is returned once and not kept.
-pub fn generate(name: &str, scopes: Vec<Scope>) -> (ApiKey, String) {
+/// Makes a new key record of `account` and its token. The token is returned once and not
+/// kept.
+pub fn generate(account: &str, name: &str, scopes: Vec<Scope>) -> (ApiKey, String) {
     let id = hex(&random_bytes(6));
     let token = format!("sgk_{id}_{}", hex(&random_bytes(32)));
     let key = ApiKey {
         id,
+        account: account.to_string(),
         name: name.to_string(),
         scopes,
         hash: hex(&digest(&token)),
@@ -210,6 +221,7 @@ impl KeyRing {
         }
         Ok(Principal {
             key_id: key.id.clone(),
+            account: key.account.clone(),
             scopes: key.scopes.clone(),
             daily_segments: key.daily_segments,
             content_action: key.content_action,
@@ -286,11 +298,12 @@ impl KeyAdmin<'_> {
     }
 
     /// Creates a key; returns the record and the token (shown once).
-    pub async fn create(&self, name: &str, scopes: Vec<Scope>) -> Result<(ApiKey, String), KeyAdminError> {
+    /// Creates a key of `account` (which the caller checked exists).
+    pub async fn create(&self, account: &str, name: &str, scopes: Vec<Scope>) -> Result<(ApiKey, String), KeyAdminError> {
         if name.trim().is_empty() || name.len() > 100 {
             return Err(KeyAdminError::Invalid("--name must be 1 to 100 characters".into()));
         }
-        let (key, token) = generate(name.trim(), scopes);
+        let (key, token) = generate(account, name.trim(), scopes);
         self.save(&key).await?;
         Ok((key, token))
     }
@@ -371,7 +384,7 @@ mod tests {
 
     #[test]
     fn tokens_authenticate_and_only_the_hash_is_kept() {
-        let (key, token) = generate("clinic", vec![Scope::Send]);
+        let (key, token) = generate("default", "clinic", vec![Scope::Send]);
         assert!(!key.hash.contains(&token[20..]));
         assert_eq!(key.hash.len(), 64);
         let ring = ring_with(key.clone());
@@ -382,7 +395,7 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused() {
-        let (key, token) = generate("clinic", vec![Scope::Send]);
+        let (key, token) = generate("default", "clinic", vec![Scope::Send]);
         let ring = ring_with(key.clone());
         assert_eq!(ring.authenticate(None), Err(AuthError::Missing));
         assert_eq!(ring.authenticate(Some(&token)), Err(AuthError::Missing), "no Bearer prefix");

@@ -331,6 +331,8 @@ pub enum OptOutScope {
     /// Every sender.
     #[default]
     Global,
+    /// Every sender of the account that owns the address the STOP was sent to.
+    Account,
     /// The sender id the STOP was sent to.
     Sender,
 }

@@ -99,7 +99,7 @@ pub async fn run(config_path: Option<&Path>) -> Result<()> {
 
     let gateway = Gateway::start(config).await.context("starting the gateway")?;
     let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
-    let (key, token) = admin.create("demo", vec![Scope::Send, Scope::Read, Scope::Optouts]).await?;
+    let (key, token) = admin.create(crate::accounts::DEFAULT, "demo", vec![Scope::Send, Scope::Read, Scope::Optouts]).await?;
     let policy = crate::webhooks::TargetPolicy::new(&["127.0.0.0/8".to_string()]).map_err(anyhow::Error::msg)?;
     admin
         .set_policy(&key.id, None, Some(&format!("http://{receiver}/status")), None, &policy)

@@ -60,6 +60,8 @@ pub struct Gateway {
     pub store: Store,
     /// The API keys.
     pub keys: Arc<KeyRing>,
+    /// The accounts.
+    pub accounts: Arc<crate::accounts::Accounts>,
     dispatcher: Arc<Dispatcher>,
     state: Arc<AppState>,
     shutdown: watch::Sender<bool>,
@@ -141,6 +143,9 @@ impl Gateway {
             tracing::info!(moved, "opt-out and consent entries moved to normalised numbers and the current layout");
         }
         let keys = Arc::new(KeyRing::load(&store)?);
+        let accounts = Arc::new(
+            crate::accounts::Accounts::open(&store).await.map_err(|e| StartError::Crypto(format!("accounts: {e}")))?,
+        );
         let audit = Audit::open(&config.data_dir, config.audit.options(&store.crypto()), store.tripwire().clone())
             .map_err(|e| StartError::Crypto(e.to_string()))?;
         let queues = Arc::new(Queues::new(config.carriers.iter().map(|c| c.name.as_str())));
@@ -156,7 +161,7 @@ impl Gateway {
             .map(|c| (c.name.clone(), FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms))))
             .collect();
         let live = Arc::new(Live::new(config.clone(), flows.clone()));
-        let inbound = Inbound::new(store.clone(), id_formats, live.clone(), audit.clone(), queues.clone());
+        let inbound = Inbound::new(store.clone(), accounts.clone(), id_formats, live.clone(), audit.clone(), queues.clone());
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
         let mut dispatch = HashMap::new();
@@ -206,6 +211,7 @@ impl Gateway {
         let state = Arc::new(AppState {
             store: store.clone(),
             keys: keys.clone(),
+            accounts: accounts.clone(),
             queues: queues.clone(),
             live: live.clone(),
             links,
@@ -215,20 +221,16 @@ impl Gateway {
             audit: audit.clone(),
             edge: api::edge::Edge::new(config.api.limits()),
         });
-        match config.webhooks.secret() {
-            Ok(Some(secret)) => {
-                let tls = tls::client_config(config.webhooks.ca_file.as_deref(), &[], None)?;
-                let policy =
-                    Arc::new(config.webhooks.policy().map_err(|e| StartError::Crypto(format!("webhooks: {e}")))?);
-                let deliverer = crate::webhooks::Deliverer { store: store.clone(), secret, tls, policy };
-                let stop = shutdown_rx.clone();
-                tasks.push(supervise("webhooks", shutdown_rx.clone(), move || {
-                    crate::webhooks::run(deliverer.clone(), stop.clone())
-                }));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(StartError::Crypto(format!("webhooks: {e}"))),
-        }
+        // Every account has a signing secret, so webhooks always run.
+        let secret = config.webhooks.secret().map_err(|e| StartError::Crypto(format!("webhooks: {e}")))?;
+        let tls = tls::client_config(config.webhooks.ca_file.as_deref(), &[], None)?;
+        let policy = Arc::new(config.webhooks.policy().map_err(|e| StartError::Crypto(format!("webhooks: {e}")))?);
+        let deliverer =
+            crate::webhooks::Deliverer { store: store.clone(), secret, accounts: accounts.clone(), tls, policy };
+        let stop = shutdown_rx.clone();
+        tasks.push(supervise("webhooks", shutdown_rx.clone(), move || {
+            crate::webhooks::run(deliverer.clone(), stop.clone())
+        }));
         let (s, stop) = (state.clone(), shutdown_rx.clone());
         tasks.push(supervise("disk_watch", shutdown_rx.clone(), move || watch_disk(s.clone(), stop.clone())));
         let (st, stop) = (store.clone(), shutdown_rx.clone());
@@ -280,13 +282,21 @@ impl Gateway {
                 }
             }
         })));
-        tasks.push(admin::serve(config.clone(), store.clone(), keys.clone(), audit.clone(), shutdown_rx.clone()));
+        let ctx = admin::AdminCtx {
+            store: store.clone(),
+            ring: keys.clone(),
+            accounts: accounts.clone(),
+            audit: audit.clone(),
+            config: config.clone(),
+        };
+        tasks.push(admin::serve(ctx, shutdown_rx.clone()));
         info!(api = %api_addr, metrics = %metrics_addr, queued = queues.total(), "smsgate started");
         Ok(Gateway {
             api_addr,
             metrics_addr,
             store,
             keys,
+            accounts,
             dispatcher,
             state,
             shutdown,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::accounts::{Account, Accounts};
 use crate::audit::{Audit, Event};
 use crate::compliance::keywords::Keyword;
 use crate::compliance::registry;
@@ -47,6 +48,10 @@ pub struct InboundContent {
 pub struct InboundMessage {
     /// Accept order; the paging cursor.
     pub seq: u64,
+    /// The account that owns the address it was sent to; `None`: no account does (operators
+    /// list these as unrouted). Records from before accounts are the `default` account's.
+    #[serde(default = "default_owner")]
+    pub account: Option<String>,
     /// Carrier it came from.
     pub carrier: String,
     /// Received at (ms).
@@ -70,9 +75,14 @@ pub struct InboundMessage {
     pub content: InboundContent,
 }
 
+fn default_owner() -> Option<String> {
+    Some(crate::accounts::DEFAULT.to_string())
+}
+
 /// Handles receipts and inbound texts for every carrier.
 pub struct Inbound {
     store: Store,
+    accounts: Arc<Accounts>,
     id_formats: Arc<HashMap<String, IdFormat>>,
     correlator: Arc<Correlator>,
     live: Arc<Live>,
@@ -84,13 +94,14 @@ impl Inbound {
     /// `id_formats`: how each carrier writes receipt ids.
     pub fn new(
         store: Store,
+        accounts: Arc<Accounts>,
         id_formats: HashMap<String, IdFormat>,
         live: Arc<Live>,
         audit: Audit,
         queues: Arc<Queues>,
     ) -> Arc<Self> {
         let correlator = Arc::new(Correlator::default());
-        Arc::new(Inbound { store, id_formats: Arc::new(id_formats), correlator, live, audit, queues })
+        Arc::new(Inbound { store, accounts, id_formats: Arc::new(id_formats), correlator, live, audit, queues })
     }
 
     /// Matches receipts that wait for an id written another way (see [`Correlator`]), every
@@ -165,12 +176,13 @@ impl Inbound {
         }
     }
 
-    /// An auto-reply from `our_address` to `handset`, sent back through `carrier` first.
+    /// An auto-reply from `our_address` to `handset`, sent back through `carrier` first, as
+    /// a message of the account that owns `our_address`.
     fn reply(
         &self,
         carrier: &str,
         handset: &E164,
-        our_address: &str,
+        (our_address, account): (&str, Option<&Account>),
         body: String,
     ) -> Result<Message, crate::store::StoreError> {
         let seq = self.store.next_seq()?;
@@ -184,6 +196,9 @@ impl Inbound {
         let from = (!our_address.is_empty()).then(|| our_address.to_string());
         let content = Content { to: handset.as_str().to_string(), from, body };
         let mut msg = Message::accepted("system", seq, content, route, now, now, 24 * 3600 * 1000);
+        if let Some(a) = account {
+            msg.account = a.name.clone();
+        }
         msg.category = Some("system".into());
         msg.kind = MessageKind::AutoReply;
         msg.history = vec![crate::message::Event::new(Status::Queued, now, Some("auto_reply".into()))];
@@ -213,6 +228,11 @@ impl Inbound {
             body: decode_text(sm),
         };
         let compliance = self.live.compliance();
+        let owner = self.accounts.route_inbound(&content.to).and_then(|name| self.accounts.get(&name));
+        let account = owner.as_ref().map(|a| a.name.as_str());
+        if owner.is_none() {
+            m::inbound_unrouted(carrier);
+        }
         let keyword = compliance.classify(&content.body);
         let handset = E164::from_trusted(&content.from).ok();
         let idx = crypto.blind_index(&content.from);
@@ -227,7 +247,7 @@ impl Inbound {
         let actor = format!("carrier:{carrier}");
         match &keyword {
             Keyword::OptOut { keyword: k, rule } => {
-                let scope = compliance.optout_scope(&content.to);
+                let scope = compliance.optout_scope(&content.to, account);
                 let key = registry::optout_key(&scope, &idx);
                 let existing = self.store.get::<registry::OptOutEntry>(&key)?;
                 // One confirmation per opt-out: a repeated STOP is recorded but not answered.
@@ -239,7 +259,7 @@ impl Inbound {
                     "keyword",
                     Some(k.clone()),
                     Some(rule.to_string()),
-                    &actor,
+                    (&actor, account),
                     now,
                     confirm || existing.as_ref().is_some_and(|e| e.confirmation_sent),
                 )?;
@@ -249,22 +269,22 @@ impl Inbound {
                     ops.push(Op::Delete { key: registry::consent_key(&idx) });
                 }
                 if confirm {
-                    reply = compliance.reply(&keyword, &content.to);
+                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
                 }
                 m::optout(k);
                 info!(carrier, from = %mask(&content.from), keyword = %k, rule, "opt-out recorded");
             }
             Keyword::OptIn(_) => {
-                let scope = compliance.optout_scope(&content.to);
+                let scope = compliance.optout_scope(&content.to, account);
                 ops.push(Op::Delete { key: registry::optout_key(&scope, &idx) });
                 ops.push(registry::consent_op(&crypto, &content.from, "keyword:START", now, &actor, now)?);
                 if compliance.reply_allowed("optin", &idx, now) {
-                    reply = compliance.reply(&keyword, &content.to);
+                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
                 }
             }
             Keyword::Help(_) => {
                 if compliance.reply_allowed("help", &idx, now) {
-                    reply = compliance.reply(&keyword, &content.to);
+                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
                 }
             }
             Keyword::None => {}
@@ -273,6 +293,7 @@ impl Inbound {
         let key = layout::inbound(seq);
         let record = InboundMessage {
             seq,
+            account: account.map(String::from),
             carrier: carrier.to_string(),
             received_ms: now,
             kind: kind.into(),
@@ -283,17 +304,26 @@ impl Inbound {
             content: InboundContent::default(),
         };
         ops.push(Op::Put { value: crate::store::encode(&key, &record)?, key });
+        ops.push(Op::Put { key: crate::store::index::inbound(account, seq), value: Vec::new() });
         let reply_msg = match (reply, &handset) {
-            (Some(body), Some(h)) => Some(self.reply(carrier, h, &content.to, body)?),
+            (Some(body), Some(h)) => Some(self.reply(carrier, h, (&content.to, owner.as_ref()), body)?),
             _ => None,
         };
         if let Some(r) = &reply_msg {
             ops.push(Op::Insert(Box::new(r.clone())));
+            ops.extend(crate::store::index::message_ops(r, &idx));
         }
-        if let Some(url) = &self.live.config().webhooks.inbound_url {
-            let payload = json!({"event": "inbound", "id": seq.to_string(), "carrier": carrier, "from": content.from, "to": content.to,
-                                 "body": content.body, "kind": kind, "received_at": crate::message::rfc3339(now)});
-            ops.push(crate::store::outbox::inbound_op(&crypto, url, &payload)?);
+        // The owner's webhook; the configured inbound URL stays the `default` account's.
+        let url = match &owner {
+            Some(a) if a.webhook_url.is_some() => a.webhook_url.clone(),
+            Some(a) if a.name == crate::accounts::DEFAULT => config.webhooks.inbound_url.clone(),
+            _ => None,
+        };
+        if let (Some(url), Some(account)) = (url, account) {
+            let payload = json!({"event": "inbound", "id": seq.to_string(), "account": account, "carrier": carrier,
+                                 "from": content.from, "to": content.to, "body": content.body, "kind": kind,
+                                 "received_at": crate::message::rfc3339(now)});
+            ops.push(crate::store::outbox::inbound_op(&crypto, account, &url, &payload)?);
         }
         self.store.commit(ops).await?;
         if let Some(r) = reply_msg
@@ -305,7 +335,7 @@ impl Inbound {
         if kind != "text" {
             self.audit.record(
                 Event::new(actor, format!("keyword.{kind}"), format!("idx:{idx}"), "recorded")
-                    .detail(json!({"keyword": kw, "rule": rule, "inbound_seq": seq})),
+                    .detail(json!({"keyword": kw, "rule": rule, "inbound_seq": seq, "account": account})),
             );
         }
         Ok(())
@@ -316,6 +346,7 @@ impl InboundHandler for Inbound {
     fn deliver(&self, carrier: Arc<str>, sm: ShortMessage) -> Pin<Box<dyn Future<Output = u32> + Send>> {
         let this = Inbound {
             store: self.store.clone(),
+            accounts: self.accounts.clone(),
             id_formats: self.id_formats.clone(),
             correlator: self.correlator.clone(),
             live: self.live.clone(),
@@ -326,20 +357,35 @@ impl InboundHandler for Inbound {
     }
 }
 
-/// Inbound texts after `after` (a seq), at most `limit`, content opened.
-pub fn list(store: &Store, after: Option<u64>, limit: usize) -> Result<Vec<InboundMessage>, crate::store::StoreError> {
-    let after_key = after.map(layout::inbound);
+/// The inbound texts routed to `account` (`None`: the unrouted ones) after `after` (a seq),
+/// at most `limit`, content opened.
+pub fn list(
+    store: &Store,
+    account: Option<&str>,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<InboundMessage>, crate::store::StoreError> {
+    use crate::store::index;
+    let prefix = index::inbound_prefix(account);
+    let start = match after {
+        Some(a) => index::inbound(account, a.saturating_add(1)),
+        None => prefix.clone(),
+    };
+    let end = [prefix.as_slice(), &[0xff; 9]].concat();
     let crypto = store.crypto().clone();
-    let page = store.page::<InboundMessage>(layout::INBOUND, after_key.as_deref(), limit)?;
-    Ok(page
-        .into_iter()
-        .map(|(key, mut m)| {
+    let mut out = Vec::new();
+    for k in store.keys_in(&start, &end, limit, false)? {
+        let Some(seq) = index::seq_of(&k) else { continue };
+        let key = layout::inbound(seq);
+        // Gone with the metadata retention: its index entry goes at the next pass.
+        if let Some(mut m) = store.get::<InboundMessage>(&key)? {
             if let Some(s) = &m.sealed {
                 m.content = crypto.open_json(s, &key).unwrap_or_default();
             }
-            m
-        })
-        .collect())
+            out.push(m);
+        }
+    }
+    Ok(out)
 }
 
 /// An address from the carrier in the form the rest of the gateway uses: a phone number in

@@ -31,6 +31,9 @@ pub enum Status {
     Cancelled,
     /// An opt-out was found after accept.
     Blocked,
+    /// No receipt came within the carrier's `receipt_timeout_secs`; a late receipt still
+    /// moves it on.
+    Unknown,
 }
 
 impl Status {
@@ -45,6 +48,7 @@ impl Status {
                 | Status::Failed
                 | Status::Cancelled
                 | Status::Blocked
+                | Status::Unknown
         )
     }
 
@@ -62,6 +66,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
             Status::Blocked => "blocked",
+            Status::Unknown => "unknown",
         }
     }
 }
@@ -150,8 +155,12 @@ pub struct ErrorInfo {
 pub struct Message {
     /// Public id (ULID).
     pub id: String,
-    /// API key that sent it; only that key may read it.
+    /// API key that sent it.
     pub key_id: String,
+    /// Account of that key; only its keys may read it. Records from before accounts are the
+    /// `default` account's.
+    #[serde(default = "default_account")]
+    pub account: String,
     /// Accept order, for FIFO within a due time.
     pub seq: u64,
     /// Destination, sender and text (in memory only; see `sealed`).
@@ -222,6 +231,10 @@ impl Event {
     }
 }
 
+fn default_account() -> String {
+    crate::accounts::DEFAULT.to_string()
+}
+
 fn is_regular(k: &MessageKind) -> bool {
     *k == MessageKind::Regular
 }
@@ -244,6 +257,7 @@ impl Message {
         Message {
             id: ulid::Ulid::new().to_string(),
             key_id: key_id.to_string(),
+            account: default_account(),
             seq,
             to_masked: crate::phone::mask(&content.to),
             content,

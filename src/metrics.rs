@@ -41,6 +41,8 @@ pub const SMPP_GENERIC_NACK: &str = "smsgate_smpp_generic_nack_total";
 pub const RECEIPTS: &str = "smsgate_receipts_total";
 /// `inbound_total{carrier,kind}`
 pub const INBOUND: &str = "smsgate_inbound_total";
+/// `inbound_unrouted_total{carrier}`: inbound texts to an address no account owns.
+pub const INBOUND_UNROUTED: &str = "smsgate_inbound_unrouted_total";
 /// `optouts_total{keyword}`
 pub const OPTOUTS: &str = "smsgate_optouts_total";
 /// `content_flags_total{rule}`: PHI content rules matched under `flag`.
@@ -140,6 +142,7 @@ fn describe() {
     describe_counter!(SMPP_GENERIC_NACK, "generic_nack sent (direction=sent) or received");
     describe_counter!(RECEIPTS, "Delivery receipts by correlation result");
     describe_counter!(INBOUND, "deliver_sm received, by kind (receipt, mo)");
+    describe_counter!(INBOUND_UNROUTED, "Inbound texts to an address no account owns (listed for operators)");
     describe_counter!(OPTOUTS, "Opt-outs recorded, by keyword");
     describe_histogram!(STORE_COMMIT, Unit::Seconds, "Group commit: apply + flush + fdatasync");
     describe_counter!(CONTENT_FLAGS, "Messages accepted although a PHI content rule matched (action flag)");
@@ -194,9 +197,37 @@ pub fn api_request(route: &'static str, status: u16, seconds: f64) {
     histogram!(API_REQUEST_DURATION, "route" => route).record(seconds);
 }
 
-/// Messages accepted.
-pub fn accepted(n: u64) {
-    counter!(MESSAGES_ACCEPTED).increment(n);
+/// Messages accepted for `account`.
+pub fn accepted(account: &str, n: u64) {
+    counter!(MESSAGES_ACCEPTED, "account" => account_label(account)).increment(n);
+}
+
+/// How many accounts get a label of their own; the rest are reported as `other`.
+static ACCOUNT_LABELS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(100);
+static LABELLED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets how many accounts are labelled by name (`metrics.max_account_labels`).
+pub fn set_account_label_limit(n: usize) {
+    ACCOUNT_LABELS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `account` label for `name`: the name for the first accounts seen, up to the limit,
+/// then `other`, so that the number of series stays bounded however many accounts there are.
+pub fn account_label(name: &str) -> String {
+    let Ok(mut seen) = LABELLED.lock() else { return "other".into() };
+    if seen.iter().any(|s| s == name) {
+        return name.to_string();
+    }
+    if seen.len() < ACCOUNT_LABELS.load(std::sync::atomic::Ordering::Relaxed) {
+        seen.push(name.to_string());
+        return name.to_string();
+    }
+    "other".into()
+}
+
+/// An inbound text to an address no account owns.
+pub fn inbound_unrouted(carrier: &str) {
+    counter!(INBOUND_UNROUTED, "carrier" => carrier.to_string()).increment(1);
 }
 
 /// A message fully submitted, `latency` after accept.

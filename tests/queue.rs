@@ -152,7 +152,7 @@ async fn per_key_rate_and_daily_quota_answer_429() {
 
     // Rate: 1 request a second (burst 1). Requests on one kept-alive connection until the
     // first 429: however slow the machine, no more got through than the rate allows.
-    let (rated, token) = admin.create("rated", scopes()).await.unwrap();
+    let (rated, token) = admin.create("default", "rated", scopes()).await.unwrap();
     admin.set_limits(&rated.id, Some(1), None).await.unwrap();
     let mut conn = gw.client.with_token(Some(&token)).connect().await.unwrap();
     let started = Instant::now();
@@ -177,7 +177,7 @@ async fn per_key_rate_and_daily_quota_answer_429() {
 
     // Quota: 3 segments a day, no rate limit: a 2-segment message after two 1-segment ones
     // does not fit, a 1-segment one does, and then nothing more.
-    let (quota, token) = admin.create("quota", scopes()).await.unwrap();
+    let (quota, token) = admin.create("default", "quota", scopes()).await.unwrap();
     admin.set_limits(&quota.id, None, Some(3)).await.unwrap();
     let c = gw.client.with_token(Some(&token));
     assert_eq!(c.post("/v1/messages", &body).await.status, StatusCode::ACCEPTED);

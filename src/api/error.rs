@@ -72,6 +72,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", format!("This API key lacks the '{scope}' scope."))
     }
 
+    /// 403 `account_disabled`: the key's account was disabled by an operator.
+    pub fn account_disabled() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "account_disabled", "This API key's account is disabled.")
+    }
+
     /// 404 `not_found`.
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("No {what} here."))

@@ -69,29 +69,35 @@ fn with_location(r: &mut hyper::Response<http_body_util::Full<bytes::Bytes>>, vi
     }
 }
 
-/// Validates one message, applies the compliance rules, and turns it into a record (not yet
-/// stored) plus the counters its commit must check.
-fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Message, Vec<QuotaGuard>), ApiError> {
+/// What one validated message adds to its request's commit.
+struct Prepared {
+    msg: Message,
+    quotas: Vec<QuotaGuard>,
+    ops: Vec<Op>,
+}
+
+/// Validates one message, checks its sender against the key's account, applies the
+/// compliance rules, and turns it into a record (not yet stored) plus the counters and
+/// entries its commit must check and write.
+fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<Prepared, ApiError> {
     let config = state.live.config();
     let limits = send::Limits { max_body_chars: config.api.max_body_chars };
-    let request = send::parse(value, limits)?;
+    let mut request = send::parse(value, limits)?;
+    let account = state.accounts.get(&principal.account).ok_or_else(ApiError::account_disabled)?;
+    let chosen = super::senders::choose(state, &account, &request)?;
+    request.from = chosen.from;
     let route = config
         .route(request.to.as_str(), request.from.as_deref(), request.category.as_deref())
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::unprocessable("no_route", "No route is configured for this destination."))?;
     let senders = config.effective_senders(request.from.as_deref(), &route);
     let seq = state.store.next_seq().map_err(store_error)?;
-    let mut msg = send::build_message(request, &principal.key_id, seq, route, config.dispatch.default_validity_secs);
+    let ids = (principal.key_id.as_str(), account.name.as_str());
+    let mut msg = send::build_message(request, ids, seq, route, config.dispatch.default_validity_secs);
     if msg.callback_url.is_none() {
-        msg.callback_url = principal.webhook_url.clone();
+        msg.callback_url = principal.webhook_url.clone().or_else(|| account.webhook_url.clone());
     }
     if let Some(url) = &msg.callback_url {
-        if config.webhooks.secret_file.is_none() && config.webhooks.secret_env.is_none() {
-            return Err(ApiError::invalid(
-                "callback_url",
-                "Webhooks are not configured on this gateway (no signing secret).",
-            ));
-        }
         let policy = config.webhooks.policy().unwrap_or_default();
         if let Err(e) = policy.check(url) {
             return Err(ApiError::invalid("callback_url", format!("'callback_url' is refused: {e}.")));
@@ -123,7 +129,13 @@ fn prepare(state: &AppState, principal: &Principal, value: &Value) -> Result<(Me
     msg.flags = plan.flags.iter().map(|r| r.to_string()).collect();
     // Seal here, on the request's own task, rather than in the single writer thread.
     msg.sealed = Some(crate::store::seal_content(&crypto, &msg));
-    Ok((msg, plan.quotas))
+    let mut quotas = plan.quotas;
+    let mut ops: Vec<Op> = crate::store::index::message_ops(&msg, &crypto.blind_index(&msg.content.to)).into();
+    if let Some(pick) = chosen.pick {
+        quotas.extend(pick.count);
+        ops.extend(pick.ops);
+    }
+    Ok(Prepared { msg, quotas, ops })
 }
 
 /// The 422 for a compliance refusal; never echoes the matched text.
@@ -197,30 +209,40 @@ fn secs_to_midnight() -> u64 {
     86_400 - (now_ms() / 1000) % 86_400
 }
 
-fn quota_guard(principal: &Principal, messages: &[Message]) -> Option<QuotaGuard> {
-    let limit = principal.daily_segments?;
+/// The key's and its account's daily segment quotas, as guards on the commit.
+fn quota_guards(state: &AppState, principal: &Principal, messages: &[Message]) -> Vec<QuotaGuard> {
     let day = jiff::Timestamp::now().strftime("%Y%m%d").to_string();
-    let amount = messages.iter().map(|m| u64::from(m.segments)).sum();
-    Some(QuotaGuard {
-        key: layout::usage(&principal.key_id, &day),
+    let amount: u64 = messages.iter().map(|m| u64::from(m.segments)).sum();
+    let guard = |owner: &str, limit: u64, label: &str| QuotaGuard {
+        key: layout::usage(owner, &day),
         also: vec![],
         amount,
         adds: true,
         limit,
-        label: "daily_quota".into(),
-    })
+        label: label.into(),
+    };
+    let account_limit = state.accounts.get(&principal.account).and_then(|a| a.daily_segments);
+    let mut guards: Vec<QuotaGuard> = principal.daily_segments.map(|l| guard(&principal.key_id, l, KEY_QUOTA)).into_iter().collect();
+    // Key ids are letters and digits, so `@name` never collides with one.
+    guards.extend(account_limit.map(|l| guard(&format!("@{}", principal.account), l, ACCOUNT_QUOTA)));
+    guards
 }
+
+const KEY_QUOTA: &str = "daily_quota";
+const ACCOUNT_QUOTA: &str = "account_daily_quota";
 
 fn accepted_view(msg: &Message) -> Value {
     json!({ "id": msg.id, "status": msg.status.as_str(), "segments": msg.segments, "encoding": msg.encoding.as_str() })
 }
 
 /// Stores `messages` in one guarded commit, queues them, and answers `status` + `response`.
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     state: &AppState,
     principal: &Principal,
     messages: Vec<Message>,
     extra_quotas: Vec<QuotaGuard>,
+    extra_ops: Vec<Op>,
     idempotency: Option<(String, String)>,
     status: StatusCode,
     response: Value,
@@ -235,7 +257,7 @@ async fn accept(
             };
             (layout::idempotency(&principal.key_id, &key), record)
         }),
-        quotas: quota_guard(principal, &messages).into_iter().chain(extra_quotas).collect(),
+        quotas: quota_guards(state, principal, &messages).into_iter().chain(extra_quotas).collect(),
     };
     let queued: Vec<_> = messages
         .iter()
@@ -244,16 +266,16 @@ async fn accept(
             Some((m.queue_carrier().to_string(), entry))
         })
         .collect();
-    let ops = messages.into_iter().map(|m| Op::Insert(Box::new(m))).collect();
+    let ops = messages.into_iter().map(|m| Op::Insert(Box::new(m))).chain(extra_ops).collect();
     let hash = guard.idempotency.as_ref().map(|(_, r)| r.body_hash.clone()).unwrap_or_default();
     // Commit and enqueue on a task of their own: a client that hangs up (or an HTTP/2 stream
     // reset) drops this request's future, and a message committed without being queued
     // would wait for the next restart.
-    let (store, queues) = (state.store.clone(), state.queues.clone());
+    let (store, queues, account) = (state.store.clone(), state.queues.clone(), principal.account.clone());
     let stored = tokio::spawn(async move {
         let outcome = store.commit_guarded(ops, Some(guard)).await;
         if let Ok(Guarded::Applied(_)) = &outcome {
-            m::accepted(queued.len() as u64);
+            m::accepted(&account, queued.len() as u64);
             for (carrier, entry) in queued {
                 if let Some(q) = queues.get(&carrier) {
                     q.push(entry);
@@ -266,11 +288,14 @@ async fn accept(
     match outcome.map_err(store_error)? {
         Guarded::Applied(_) => Ok(json_response(status, &response)),
         Guarded::Replay(record) => replay(&record, &hash),
-        Guarded::QuotaExceeded { label, used, limit } if label == "daily_quota" => Err(ApiError::too_many(
-            "quota_exceeded",
-            format!("This API key has used {used} of its {limit} segments for today (UTC)."),
-            secs_to_midnight(),
-        )),
+        Guarded::QuotaExceeded { label, used, limit } if label == KEY_QUOTA || label == ACCOUNT_QUOTA => {
+            let whose = if label == KEY_QUOTA { "This API key" } else { "This API key's account" };
+            Err(ApiError::too_many(
+                "quota_exceeded",
+                format!("{whose} has used {used} of its {limit} segments for today (UTC)."),
+                secs_to_midnight(),
+            ))
+        }
         // A per-recipient frequency cap filled up between the check and the commit.
         Guarded::QuotaExceeded { label, .. } => {
             m::compliance_rejection("frequency_cap_exceeded");
@@ -339,12 +364,12 @@ pub async fn send(state: &AppState, req: ApiRequest) -> Handled {
     if let Some(answer) = early_replay(state, &principal, &idem, &hash).await {
         return answer;
     }
-    let (msg, quotas) = prepare(state, &principal, &value)?;
+    let Prepared { msg, quotas, ops } = prepare(state, &principal, &value)?;
     check_capacity(state, std::slice::from_ref(&msg))?;
     let response = accepted_view(&msg);
+    let idem = idem.map(|k| (k, hash));
     let mut answer =
-        accept(state, &principal, vec![msg], quotas, idem.map(|k| (k, hash)), StatusCode::ACCEPTED, response.clone())
-            .await?;
+        accept(state, &principal, vec![msg], quotas, ops, idem, StatusCode::ACCEPTED, response.clone()).await?;
     if let Some(id) = response["id"].as_str() {
         answer.extensions_mut().insert(super::AuditTarget(id.to_string()));
     }
@@ -370,6 +395,7 @@ pub async fn send_batch(state: &AppState, req: ApiRequest) -> Handled {
     let mut results = Vec::with_capacity(items.len());
     let mut accepted = Vec::new();
     let mut quotas = Vec::new();
+    let mut ops = Vec::new();
     for (index, raw) in items.iter().enumerate() {
         let item: Value = match serde_json::from_str(raw.get()) {
             Ok(v) => v,
@@ -380,12 +406,13 @@ pub async fn send_batch(state: &AppState, req: ApiRequest) -> Handled {
             }
         };
         match prepare(state, &principal, &item) {
-            Ok((msg, q)) => {
-                let mut r = accepted_view(&msg);
+            Ok(p) => {
+                let mut r = accepted_view(&p.msg);
                 r["index"] = json!(index);
                 results.push(r);
-                accepted.push(msg);
-                quotas.extend(q);
+                accepted.push(p.msg);
+                quotas.extend(p.quotas);
+                ops.extend(p.ops);
             }
             Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => return Err(e),
             Err(e) => {
@@ -404,7 +431,7 @@ pub async fn send_batch(state: &AppState, req: ApiRequest) -> Handled {
     }
     let count = accepted.len();
     let mut answer =
-        accept(state, &principal, accepted, quotas, idem.map(|k| (k, hash)), StatusCode::OK, response).await?;
+        accept(state, &principal, accepted, quotas, ops, idem.map(|k| (k, hash)), StatusCode::OK, response).await?;
     answer.extensions_mut().insert(super::AuditTarget(format!("batch:{count}")));
     Ok(answer)
 }
@@ -414,8 +441,8 @@ fn owned_message(state: &AppState, principal: &Principal, id: &str) -> Result<Me
         return Err(ApiError::not_found("message with this id"));
     }
     match state.store.message(id).map_err(store_error)? {
-        Some(m) if m.key_id == principal.key_id => Ok(m),
-        // Another key's message is as absent as a message that does not exist.
+        Some(m) if m.account == principal.account => Ok(m),
+        // Another account's message is as absent as a message that does not exist.
         _ => Err(ApiError::not_found("message with this id")),
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 mod messages;
 mod registry;
 pub mod send;
+mod senders;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub store: Store,
     /// API keys.
     pub keys: Arc<KeyRing>,
+    /// Accounts.
+    pub accounts: Arc<crate::accounts::Accounts>,
     /// Per-carrier due queues.
     pub queues: Arc<Queues>,
     /// Configuration and compliance rules (reloadable).
@@ -368,10 +371,20 @@ fn authorize(state: &AppState, req: &ApiRequest, scope: Scope) -> Result<Princip
         };
         return Err(ApiError::forbidden(name));
     }
+    if state.accounts.get(&principal.account).is_none_or(|a| a.disabled) {
+        return Err(ApiError::account_disabled());
+    }
     if let Err(wait) = state.keys.check_rate(&principal.key_id) {
         return Err(ApiError::too_many(
             "rate_limited",
             "This API key is over its request rate; slow down.",
+            wait.as_secs_f64().ceil() as u64,
+        ));
+    }
+    if let Err(wait) = state.accounts.check_rate(&principal.account) {
+        return Err(ApiError::too_many(
+            "rate_limited",
+            "This API key's account is over its request rate; slow down.",
             wait.as_secs_f64().ceil() as u64,
         ));
     }

@@ -25,9 +25,31 @@ fn number(raw: &str) -> Result<E164, ApiError> {
     })
 }
 
+/// The account of the caller.
+fn account_of(state: &AppState, p: &Principal) -> Result<crate::accounts::Account, ApiError> {
+    state.accounts.get(&p.account).ok_or_else(ApiError::account_disabled)
+}
+
+/// How a scope is shown: `global`, `account` (the caller's account), or a sender id.
+fn scope_name(scope: &str) -> &str {
+    if scope == GLOBAL {
+        "global"
+    } else if scope.starts_with("acct:") {
+        "account"
+    } else {
+        scope
+    }
+}
+
+/// An opt-out another account recorded, as the caller sees it: that the number is opted out
+/// everywhere, and since when (its sends are refused because of it), nothing more.
+fn foreign_view(number: &str, e: &OptOutEntry) -> Value {
+    json!({"number": number, "scope": scope_name(&e.scope), "source": "another_account", "at": rfc3339(e.at_ms)})
+}
+
 fn optout_view(number: &str, e: &OptOutEntry) -> Value {
     let mut v = json!({
-        "number": number, "scope": if e.scope == GLOBAL { "global" } else { e.scope.as_str() },
+        "number": number, "scope": scope_name(&e.scope),
         "source": e.source, "recorded_by": e.actor, "at": rfc3339(e.at_ms),
     });
     if let Some(k) = &e.keyword {
@@ -53,13 +75,23 @@ fn with_target(
 
 /// `GET /v1/opt-outs/{e164}`: the number's opt-outs (all scopes).
 pub fn get_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
-    authorize(state, req, Scope::Optouts)?;
+    let p = authorize(state, req, Scope::Optouts)?;
+    let account = account_of(state, &p)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
+    let scopes = state.live.compliance().scopes(&account.name, &account.senders);
     let entries: Vec<Value> = registry::optouts_of(&state.store, &idx)
         .map_err(store_error)?
         .iter()
-        .map(|(_, e)| optout_view(n.as_str(), e))
+        .filter_map(|(_, e)| {
+            if registry::visible_to(e, &account) {
+                Some(optout_view(n.as_str(), e))
+            } else if scopes.contains(&e.scope) {
+                Some(foreign_view(n.as_str(), e))
+            } else {
+                None
+            }
+        })
         .collect();
     if entries.is_empty() {
         return Err(ApiError::not_found("opt-out for this number"));
@@ -73,7 +105,8 @@ pub fn get_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
 pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as CURSOR;
-    authorize(state, req, Scope::Optouts)?;
+    let p = authorize(state, req, Scope::Optouts)?;
+    let account = account_of(state, &p)?;
     let q = query(req);
     let limit = page_limit(&q)?;
     let after = match q.get("after") {
@@ -88,13 +121,18 @@ pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
     };
     let page = registry::optout_page(&state.store, after.as_deref(), limit).map_err(store_error)?;
     let next = page.next.map(|k| CURSOR.encode(k));
-    let view: Vec<Value> = page.entries.iter().map(|(n, e)| optout_view(n, e)).collect();
+    // The page is read in key order and the caller's entries kept: a page may hold fewer
+    // than `limit`, and `next` says where to go on.
+    let view: Vec<Value> =
+        page.entries.iter().filter(|(_, e)| registry::visible_to(e, &account)).map(|(n, e)| optout_view(n, e)).collect();
     Ok(json_response(StatusCode::OK, &json!({"opt_outs": view, "next": next})))
 }
 
-/// `PUT /v1/opt-outs/{e164}` `{"scope": "global" | "<sender id>"}`: records an opt-out.
+/// `PUT /v1/opt-outs/{e164}` `{"scope": "global" | "account" | "<sender id>"}`: records an
+/// opt-out (a sender must be one of the caller's account's).
 pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, &req, Scope::Optouts)?;
+    let account = account_of(state, &p)?;
     let n = number(raw)?;
     // No body: a global opt-out. A body that is there must be what it says it is.
     let scope = match optional_json_body(&req)? {
@@ -106,6 +144,7 @@ pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled
             match body.get("scope") {
                 None => GLOBAL.to_string(),
                 Some(Value::String(s)) if s == "global" => GLOBAL.to_string(),
+                Some(Value::String(s)) if s == "account" => registry::account_scope(&account.name),
                 // A sender that is a phone number is written as sends write `from`.
                 Some(Value::String(s)) if s.starts_with('+') => E164::normalize(s)
                     .map(|n| n.as_str().to_string())
@@ -116,6 +155,9 @@ pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled
         }
         Some(_) => return Err(ApiError::invalid("scope", "The body must be an object: {\"scope\": \"global\"}.")),
     };
+    if scope != GLOBAL && !scope.starts_with("acct:") && !state.accounts.may_send_from(&account, &scope) {
+        return Err(ApiError::invalid("scope", "'scope' names a sender that is not one of this account's."));
+    }
     let crypto = state.store.crypto();
     let (op, entry) = registry::optout_op(
         &crypto,
@@ -124,7 +166,7 @@ pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled
         "api",
         None,
         None,
-        &format!("key:{}", p.key_id),
+        (&format!("key:{}", p.key_id), Some(&account.name)),
         now_ms(),
         true,
     )
@@ -144,14 +186,20 @@ pub async fn put_optout(state: &AppState, req: ApiRequest, raw: &str) -> Handled
 /// `DELETE /v1/opt-outs/{e164}?scope=…`: removes opt-outs (all scopes unless given).
 pub async fn delete_optout(state: &AppState, req: &ApiRequest, raw: &str) -> Handled {
     let p = authorize(state, req, Scope::Optouts)?;
+    let account = account_of(state, &p)?;
     let n = number(raw)?;
     let idx = state.store.crypto().blind_index(n.as_str());
     let q = query(req);
-    let wanted = q.get("scope").map(|s| if s == "global" { GLOBAL.to_string() } else { s.clone() });
+    let wanted = q.get("scope").map(|s| match s.as_str() {
+        "global" => GLOBAL.to_string(),
+        "account" => registry::account_scope(&account.name),
+        _ => s.clone(),
+    });
+    // Only the caller's account's own opt-outs: another account's patient's STOP is theirs.
     let entries: Vec<(Vec<u8>, OptOutEntry)> = registry::optouts_of(&state.store, &idx)
         .map_err(store_error)?
         .into_iter()
-        .filter(|(_, e)| wanted.as_ref().is_none_or(|w| *w == e.scope))
+        .filter(|(_, e)| wanted.as_ref().is_none_or(|w| *w == e.scope) && registry::visible_to(e, &account))
         .collect();
     if entries.is_empty() {
         return Err(ApiError::not_found("opt-out for this number"));
@@ -243,7 +291,13 @@ pub async fn delete_consent(state: &AppState, req: &ApiRequest, raw: &str) -> Ha
 
 /// `GET /v1/inbound?after=CURSOR&limit=N`: inbound texts, oldest first.
 pub fn list_inbound(state: &AppState, req: &ApiRequest) -> Handled {
-    authorize(state, req, Scope::Read)?;
+    let p = authorize(state, req, Scope::Read)?;
+    inbound_page(state, req, Some(&p.account))
+}
+
+/// A page of the inbound texts routed to `account` (`None`: the unrouted ones, which only
+/// operators see).
+pub fn inbound_page(state: &AppState, req: &ApiRequest, account: Option<&str>) -> Handled {
     let q = query(req);
     let after = match q.get("after") {
         Some(a) => Some(
@@ -253,7 +307,7 @@ pub fn list_inbound(state: &AppState, req: &ApiRequest) -> Handled {
         None => None,
     };
     let limit = page_limit(&q)?;
-    let items = crate::inbound::list(&state.store, after, limit).map_err(store_error)?;
+    let items = crate::inbound::list(&state.store, account, after, limit).map_err(store_error)?;
     // Always where to resume: the last text of this page, or where this page started. A
     // poller keeps it and asks again later; `more` says whether to ask at once.
     let next = items.last().map(|m| m.seq.to_string()).or_else(|| after.map(|a| a.to_string()));

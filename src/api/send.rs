@@ -30,6 +30,9 @@ pub struct SendRequest {
     pub recipient_timezone: Option<String>,
 }
 
+/// How `from` names one of the account's sender pools.
+pub const POOL: &str = "pool:";
+
 const FIELDS: &[&str] = &[
     "to",
     "from",
@@ -159,10 +162,12 @@ pub fn parse(value: &Value, limits: Limits) -> Result<SendRequest, ApiError> {
     })
 }
 
-/// Sender ids: `+E.164`, 3–15 digits (short or long code), or 1–11 alphanumerics (GSM 03.40
-/// limits alphanumeric senders to 11 characters).
+/// Sender ids: `+E.164`, 3–15 digits (short or long code), 1–11 alphanumerics (GSM 03.40
+/// limits alphanumeric senders to 11 characters), or `pool:NAME` (one of the account's pools).
 fn validate_sender(s: &str) -> Result<String, ApiError> {
-    let ok = if let Some(d) = s.strip_prefix('+') {
+    let ok = if let Some(pool) = s.strip_prefix(POOL) {
+        (1..=32).contains(&pool.len()) && pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    } else if let Some(d) = s.strip_prefix('+') {
         (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
     } else if s.bytes().all(|b| b.is_ascii_digit()) {
         (3..=15).contains(&s.len())
@@ -172,7 +177,10 @@ fn validate_sender(s: &str) -> Result<String, ApiError> {
     if ok {
         Ok(s.to_string())
     } else {
-        Err(ApiError::invalid("from", "'from' must be +E.164, 3 to 15 digits, or 1 to 11 letters, digits and spaces."))
+        Err(ApiError::invalid(
+            "from",
+            "'from' must be +E.164, 3 to 15 digits, 1 to 11 letters, digits and spaces, or pool:NAME.",
+        ))
     }
 }
 
@@ -189,7 +197,7 @@ fn validate_callback(url: &str) -> Result<String, ApiError> {
 /// Builds the record for an accepted request.
 pub fn build_message(
     req: SendRequest,
-    key_id: &str,
+    (key_id, account): (&str, &str),
     seq: u64,
     route: Vec<String>,
     default_validity_secs: u64,
@@ -199,6 +207,7 @@ pub fn build_message(
     let validity_ms = req.validity_seconds.unwrap_or(default_validity_secs) * 1000;
     let content = Content { to: req.to.as_str().to_string(), from: req.from, body: req.body };
     let mut msg = Message::accepted(key_id, seq, content, route, now, due_ms, validity_ms);
+    msg.account = account.to_string();
     msg.to_masked = req.to.masked();
     msg.client_ref = req.client_ref;
     msg.callback_url = req.callback_url;
@@ -239,6 +248,8 @@ mod tests {
             (json!({"to": "+14155550123", "body": 5}), "invalid_field", "body"),
             (json!({"to": "+14155550123", "body": "x", "extra": 1}), "unknown_field", "extra"),
             (json!({"to": "+14155550123", "body": "x", "from": "TWELVE_CHARS"}), "invalid_field", "from"),
+            (json!({"to": "+14155550123", "body": "x", "from": "pool:"}), "invalid_field", "from"),
+            (json!({"to": "+14155550123", "body": "x", "from": "pool:a b"}), "invalid_field", "from"),
             (json!({"to": "+14155550123", "body": "x", "send_at": "tomorrow"}), "invalid_field", "send_at"),
             (json!({"to": "+14155550123", "body": "x", "validity_seconds": -1}), "invalid_field", "validity_seconds"),
             (json!({"to": "+14155550123", "body": "x", "validity_seconds": 1.5}), "invalid_field", "validity_seconds"),
@@ -277,7 +288,7 @@ mod tests {
         )
         .unwrap();
         assert!(r.send_at_ms.unwrap() > now_ms());
-        let m = build_message(r, "k1", 7, vec!["c".into()], 3600);
+        let m = build_message(r, ("k1", "default"), 7, vec!["c".into()], 3600);
         assert_eq!(m.status, Status::Scheduled);
         assert_eq!(m.expires_ms, m.due_ms + 3_600_000);
     }

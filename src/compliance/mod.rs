@@ -114,29 +114,47 @@ impl Compliance {
         self.keywords.classify(text)
     }
 
-    /// The configured texts, with `{sender}` filled in.
-    pub fn reply(&self, kind: &Keyword, sender: &str) -> Option<String> {
+    /// The automatic reply to `kind`: the owning account's own text, else the configured
+    /// one; `{sender}` is the address texted, `{name}` the account's display name. An
+    /// account's reply that does not name it starts with "{name}: ", so a patient knows who
+    /// answered (the `default` account keeps the configured texts as they are).
+    pub fn reply(&self, kind: &Keyword, sender: &str, account: Option<&crate::accounts::Account>) -> Option<String> {
+        let own = account.map(|a| &a.replies);
         let text = match kind {
-            Keyword::OptOut { .. } => &self.config.optout_reply,
-            Keyword::OptIn(_) => &self.config.optin_reply,
-            Keyword::Help(_) => &self.config.help_reply,
+            Keyword::OptOut { .. } => own.and_then(|r| r.optout.as_ref()).unwrap_or(&self.config.optout_reply),
+            Keyword::OptIn(_) => own.and_then(|r| r.optin.as_ref()).unwrap_or(&self.config.optin_reply),
+            Keyword::Help(_) => own.and_then(|r| r.help.as_ref()).unwrap_or(&self.config.help_reply),
             Keyword::None => return None,
         };
-        Some(text.replace("{sender}", sender))
+        let mut text = text.clone();
+        if account.is_some_and(|a| a.name != crate::accounts::DEFAULT)
+            && !text.contains("{name}")
+        {
+            text = format!("{{name}}: {text}");
+        }
+        let name = account.map(|a| a.display_name.as_str()).unwrap_or(sender);
+        Some(text.replace("{name}", name).replace("{sender}", sender))
     }
 
-    /// Opt-out scope for a keyword sent to `our_address`.
-    pub fn optout_scope(&self, our_address: &str) -> String {
-        match self.config.optout_scope {
-            OptOutScope::Global => registry::GLOBAL.to_string(),
-            OptOutScope::Sender => our_address.to_string(),
+    /// Opt-out scope for a keyword sent to `our_address`, owned by `account`. In `account`
+    /// mode a STOP to an address no account owns is global: a STOP is never dropped.
+    pub fn optout_scope(&self, our_address: &str, account: Option<&str>) -> String {
+        match (self.config.optout_scope, account) {
+            (OptOutScope::Global, _) | (OptOutScope::Account, None) => registry::GLOBAL.to_string(),
+            (OptOutScope::Account, Some(a)) => registry::account_scope(a),
+            (OptOutScope::Sender, _) => our_address.to_string(),
         }
     }
 
-    /// Scopes checked for a send that may leave from any of `senders` (its `from`, or the
-    /// default sources of the carriers it may go through).
-    pub fn scopes(&self, senders: &[String]) -> Vec<String> {
-        registry::scopes_for(self.config.optout_scope == OptOutScope::Sender, senders)
+    /// Scopes checked for a send of `account` that may leave from any of `senders` (its
+    /// `from`, or the default sources of the carriers it may go through): always the global
+    /// one, and the account's own or each sender's, as configured.
+    pub fn scopes(&self, account: &str, senders: &[String]) -> Vec<String> {
+        match self.config.optout_scope {
+            OptOutScope::Global => registry::scopes_for(false, senders),
+            OptOutScope::Sender => registry::scopes_for(true, senders),
+            OptOutScope::Account => vec![registry::GLOBAL.to_string(), registry::account_scope(account)],
+        }
     }
 
     /// Whether an automatic reply of `kind` ("help", "optin") may go to `idx` now (at most
@@ -178,7 +196,7 @@ impl Compliance {
             return Ok(Ok(plan));
         }
         let idx = crypto.blind_index(&msg.content.to);
-        if registry::find_optout(store, &idx, &self.scopes(senders))?.is_some() {
+        if registry::find_optout(store, &idx, &self.scopes(&msg.account, senders))?.is_some() {
             return Ok(Err(Rejection::OptedOut));
         }
         if self.config.require_consent && !registry::has_consent(store, &idx)? {
@@ -260,7 +278,7 @@ impl Compliance {
         }
         let idx = crypto.blind_index(&msg.content.to);
         let senders: Vec<String> = sender.map(String::from).into_iter().collect();
-        if registry::find_optout(store, &idx, &self.scopes(&senders))?.is_some() {
+        if registry::find_optout(store, &idx, &self.scopes(&msg.account, &senders))?.is_some() {
             return Ok(DispatchVerdict::Block("recipient_opted_out"));
         }
         if self.config.require_consent && !registry::has_consent(store, &idx)? {

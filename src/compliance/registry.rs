@@ -15,6 +15,12 @@ use crate::store::{Op, Store, StoreError};
 /// Scope of a global opt-out.
 pub const GLOBAL: &str = "*";
 
+/// The scope of an opt-out from every sender of one account: `acct:{name}` (sender ids
+/// cannot hold a `:`, so it never collides with one).
+pub fn account_scope(account: &str) -> String {
+    format!("acct:{account}")
+}
+
 /// Opt-outs: `x/{blind index}\0{scope}`.
 pub const OPTOUT: &[u8] = b"x/";
 /// Consents: `y/{blind index}`.
@@ -59,6 +65,10 @@ pub struct OptOutEntry {
     pub rule: Option<String>,
     /// Who: `key:<id>`, `carrier:<name>`, `cli`.
     pub actor: String,
+    /// The account it was recorded for (the key's, or the owner of the address texted);
+    /// `None`: an operator's, or from before accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// When (ms).
     pub at_ms: u64,
     /// Whether the one confirmation text has been queued.
@@ -91,6 +101,14 @@ pub fn scopes_for(per_sender: bool, senders: &[String]) -> Vec<String> {
     v
 }
 
+/// Whether `account` may see (list, show, remove) an opt-out: one recorded for it, or in its
+/// own scope (`acct:{name}`, or one of its senders). A global opt-out another account's
+/// patient texted still blocks its sends, but is not its to list or lift.
+pub fn visible_to(entry: &OptOutEntry, account: &crate::accounts::Account) -> bool {
+    let recorded_for = entry.account.as_deref().unwrap_or(crate::accounts::DEFAULT);
+    recorded_for == account.name || entry.scope == account_scope(&account.name) || account.senders.contains(&entry.scope)
+}
+
 /// The first opt-out blocking `idx` in any of `scopes`.
 pub fn find_optout(store: &Store, idx: &str, scopes: &[String]) -> Result<Option<OptOutEntry>, StoreError> {
     for scope in scopes {
@@ -115,7 +133,7 @@ pub fn optout_op(
     source: &str,
     keyword: Option<String>,
     rule: Option<String>,
-    actor: &str,
+    (actor, account): (&str, Option<&str>),
     at_ms: u64,
     confirmation_sent: bool,
 ) -> Result<(Op, OptOutEntry), StoreError> {
@@ -127,6 +145,7 @@ pub fn optout_op(
         keyword,
         rule,
         actor: actor.to_string(),
+        account: account.map(String::from),
         at_ms,
         confirmation_sent,
     };

@@ -12,6 +12,7 @@
 //! (redb, or a distributed log) without touching the API or the dispatcher.
 
 pub mod backup;
+pub mod index;
 pub mod keycheck;
 pub mod layout;
 pub mod outbox;
@@ -645,6 +646,24 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Keys in `start..end` (no values), at most `limit`, newest-last order or, with
+    /// `reverse`, from the end backwards: index scans read only keys.
+    pub fn keys_in(&self, start: &[u8], end: &[u8], limit: usize, reverse: bool) -> Result<Vec<Vec<u8>>, StoreError> {
+        let range = self.inner.db.range(start..end).keys();
+        let iter: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> =
+            if reverse { Box::new(range.rev()) } else { Box::new(range) };
+        let mut out = Vec::new();
+        for k in iter.take(limit) {
+            out.push(k?.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// The raw bytes under `key`.
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.db.get(key)?.map(|v| v.to_vec()))
     }
 
     /// A raw u64 counter (0 when absent).

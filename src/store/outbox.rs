@@ -24,6 +24,9 @@ pub struct OutboxEntry {
     pub url: String,
     /// `status` or `inbound`.
     pub event: String,
+    /// The account whose secret signs it (`None`: from before accounts, the `default` one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// The JSON payload, sealed (bound to [`aad`] of its id).
     pub payload: Sealed,
     /// Add this message's body at send time.
@@ -72,7 +75,7 @@ pub fn aad(id: &str) -> Vec<u8> {
 /// The op that queues `payload` as `event` for `url`, due now.
 pub fn entry_op(
     crypto: &Crypto,
-    url: &str,
+    (account, url): (&str, &str),
     event: &str,
     payload: &Value,
     include_body_of: Option<String>,
@@ -82,6 +85,7 @@ pub fn entry_op(
     let entry = OutboxEntry {
         url: url.to_string(),
         event: event.to_string(),
+        account: Some(account.to_string()),
         payload: crypto.seal_json(payload, &aad(&id)),
         include_body_of,
         attempts: 0,
@@ -92,9 +96,9 @@ pub fn entry_op(
     Ok(Op::Put { value: super::encode(&key, &entry)?, key })
 }
 
-/// The outbox op for an inbound text.
-pub fn inbound_op(crypto: &Crypto, url: &str, payload: &Value) -> Result<Op, StoreError> {
-    entry_op(crypto, url, "inbound", payload, None)
+/// The outbox op for an inbound text routed to `account`.
+pub fn inbound_op(crypto: &Crypto, account: &str, url: &str, payload: &Value) -> Result<Op, StoreError> {
+    entry_op(crypto, (account, url), "inbound", payload, None)
 }
 
 /// The outbox op for a message's status change (called by the store writer).
@@ -112,7 +116,7 @@ pub fn status_op(crypto: &Crypto, msg: &Message) -> Option<Result<Op, StoreError
         payload["error"] = json!({"code": e.code, "message": e.message, "carrier_status": e.carrier_status});
     }
     let include = msg.webhook_body.then(|| msg.id.clone());
-    Some(entry_op(crypto, url, "status", &payload, include))
+    Some(entry_op(crypto, (&msg.account, url), "status", &payload, include))
 }
 
 #[cfg(test)]

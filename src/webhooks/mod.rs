@@ -84,8 +84,11 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now_secs: u64, tolerance
 pub struct Deliverer {
     /// The store (outbox and message bodies).
     pub store: Store,
-    /// The signing secret.
-    pub secret: Secret,
+    /// The configured signing secret, which the `default` account signs with when it is set
+    /// (receivers set up before accounts keep verifying).
+    pub secret: Option<Secret>,
+    /// The accounts: every other delivery is signed with its account's own secret.
+    pub accounts: Arc<crate::accounts::Accounts>,
     /// TLS for https receivers.
     pub tls: Arc<rustls::ClientConfig>,
     /// Which addresses a receiver may have.
@@ -218,9 +221,11 @@ async fn deliver_one(d: &Deliverer, key: Vec<u8>, mut entry: OutboxEntry) -> Res
         payload["body"] = json!(msg.content.body);
     }
     let body = serde_json::to_vec(&payload).unwrap_or_default();
-    let outcome = match d.policy.check(&entry.url) {
-        Err(e) => Outcome::Refused(e),
-        Ok(url) => post(d, &url, &entry.event, &id, body).await,
+    let account = entry.account.as_deref().unwrap_or(crate::accounts::DEFAULT);
+    let outcome = match (d.policy.check(&entry.url), signing_secret(d, account)) {
+        (Err(e), _) => Outcome::Refused(e),
+        (Ok(_), None) => Outcome::Failed(format!("the account '{account}' has no webhook secret")),
+        (Ok(url), Some(secret)) => post(d, &url, (&entry.event, &id), secret.as_bytes(), body).await,
     };
     match outcome {
         Outcome::Delivered => {
@@ -252,7 +257,19 @@ async fn deliver_one(d: &Deliverer, key: Vec<u8>, mut entry: OutboxEntry) -> Res
     Ok(())
 }
 
-async fn post(d: &Deliverer, url: &url::Url, event: &str, delivery: &str, body: Vec<u8>) -> Outcome {
+/// The secret `account`'s deliveries are signed with: the configured one for `default` when
+/// there is one, else the account's own. Secrets are never shared between accounts.
+fn signing_secret(d: &Deliverer, account: &str) -> Option<String> {
+    if account == crate::accounts::DEFAULT
+        && let Some(s) = &d.secret
+    {
+        return Some(s.expose().to_string());
+    }
+    let a = d.accounts.get(account)?;
+    crate::accounts::open_secret(&d.store.crypto(), &a)
+}
+
+async fn post(d: &Deliverer, url: &url::Url, (event, delivery): (&str, &str), secret: &[u8], body: Vec<u8>) -> Outcome {
     let https = url.scheme() == "https";
     let Some(host) = url.host_str().map(|h| h.trim_matches(['[', ']']).to_string()) else {
         return Outcome::Refused(TargetError::Syntax);
@@ -263,7 +280,7 @@ async fn post(d: &Deliverer, url: &url::Url, event: &str, delivery: &str, body: 
     };
     let path = &url[url::Position::BeforePath..];
     let t = now_ms() / 1000;
-    let sig = signature(d.secret.expose().as_bytes(), t, &body);
+    let sig = signature(secret, t, &body);
     let request = Request::post(if path.is_empty() { "/" } else { path })
         .header("host", authority)
         .header("content-type", "application/json")

@@ -31,14 +31,14 @@ impl TestGateway {
     pub async fn start_with(config: Config, certs: &Certs, faults: smsgate::faults::Faults) -> TestGateway {
         let gateway = Gateway::start_with(config, faults).await.unwrap();
         let admin = KeyAdmin { store: &gateway.store, ring: &gateway.keys };
-        let (_, token) = admin.create("test", vec![Scope::Send, Scope::Read]).await.unwrap();
+        let (_, token) = admin.create("default", "test", vec![Scope::Send, Scope::Read]).await.unwrap();
         let client = Client::new(gateway.api_addr, &certs.path("api.crt"), Some(token));
         TestGateway { gateway, client }
     }
 
     pub async fn key(&self, scopes: Vec<Scope>) -> String {
         let admin = KeyAdmin { store: &self.gateway.store, ring: &self.gateway.keys };
-        admin.create("extra", scopes).await.unwrap().1
+        admin.create("default", "extra", scopes).await.unwrap().1
     }
 }
 

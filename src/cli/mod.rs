@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod accounts;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
@@ -31,6 +33,15 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the gateway (production).
     Serve(ConfigArg),
+    /// Manage accounts (works whether or not the server runs).
+    Accounts {
+        /// Account action.
+        #[command(subcommand)]
+        action: accounts::AccountsCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
     /// Manage API keys (works whether or not the server runs).
     Keys {
         /// Key action.
@@ -122,6 +133,9 @@ pub enum KeysCommand {
         /// Label for the key.
         #[arg(long)]
         name: String,
+        /// The account it belongs to (default: the account `default`).
+        #[arg(long)]
+        account: Option<String>,
         /// Comma-separated scopes: send, read, optouts, admin.
         #[arg(long, default_value = "send,read")]
         scopes: String,
@@ -330,6 +344,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve(args) => serve(&args.config).await,
         Command::Keys { action: KeysCommand::InitDataKeys { out }, .. } => init_data_keys(&out),
         Command::Keys { action, config } => keys(action, &config).await,
+        Command::Accounts { action, config } => accounts::run(action, &Config::load_admin(&config)?).await,
         Command::Optouts { action, config } => optouts(action, &config).await,
         Command::Audit { action, config } => audit(action, &config),
         Command::Backup { out, force, config } => backup(&out, force, &config).await,
@@ -546,11 +561,13 @@ async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminRespo
     let store = Store::open(&config.data_dir, &StoreOptions::default(), crypto)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     crate::compliance::registry::migrate(&store).await?;
-    let ring = KeyRing::load(&store)?;
+    let ring = std::sync::Arc::new(KeyRing::load(&store)?);
+    let accounts = std::sync::Arc::new(crate::accounts::Accounts::open(&store).await?);
     let options = config.audit.options(&store.crypto());
     let audit = crate::audit::Audit::open(&config.data_dir, options, store.tripwire().clone())?;
-    let answer = admin::execute(&store, &ring, &audit, config, "direct", request).await;
-    audit.flush();
+    let ctx = admin::AdminCtx { store, ring, accounts, audit, config: std::sync::Arc::new(config.clone()) };
+    let answer = admin::execute(&ctx, "direct", request).await;
+    ctx.audit.flush();
     Ok(answer)
 }
 
@@ -571,9 +588,9 @@ fn init_data_keys(out: &Path) -> Result<()> {
 async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     let config = Config::load_admin(config_path)?;
     let request = match action {
-        KeysCommand::Create { name, scopes, rate, daily_quota } => {
+        KeysCommand::Create { name, account, scopes, rate, daily_quota } => {
             let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg).context("--scopes")?;
-            AdminRequest::KeysCreate { name, scopes, rate_per_sec: rate, daily_segments: daily_quota }
+            AdminRequest::KeysCreate { account, name, scopes, rate_per_sec: rate, daily_segments: daily_quota }
         }
         KeysCommand::SetLimits { id, rate, daily_quota } => {
             if rate.is_none() && daily_quota.is_none() {
@@ -600,8 +617,9 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     match answer {
         AdminResponse::Created { key, token } => {
             println!(
-                "id:     {}\nname:   {}\nscopes: {}\nlimits: {}\ntoken:  {token}",
+                "id:      {}\naccount: {}\nname:    {}\nscopes:  {}\nlimits:  {}\ntoken:   {token}",
                 key.id,
+                key.account,
                 key.name,
                 scopes_text(&key.scopes),
                 limits_text(&key)
