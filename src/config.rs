@@ -199,6 +199,13 @@ pub struct MetricsConfig {
     /// Needed to serve the plain-HTTP metrics listener on a non-loopback address.
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// How many accounts get an `account` label of their own; the rest are `other`.
+    #[serde(default = "default_max_account_labels")]
+    pub max_account_labels: usize,
+}
+
+fn default_max_account_labels() -> usize {
+    100
 }
 
 fn default_metrics_listen() -> SocketAddr {
@@ -207,7 +214,11 @@ fn default_metrics_listen() -> SocketAddr {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: default_metrics_listen(), allow_non_loopback: false }
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            allow_non_loopback: false,
+            max_account_labels: default_max_account_labels(),
+        }
     }
 }
 
@@ -792,8 +803,15 @@ pub struct CarrierConfig {
     /// How long an open breaker keeps traffic away before trying the carrier again.
     #[serde(default = "default_breaker_cooldown_secs")]
     pub breaker_cooldown_secs: u64,
+    /// How long a submitted message waits for its receipt before it becomes `unknown` (a late
+    /// receipt still updates it). 72 hours, as AWS End User Messaging waits.
+    #[serde(default = "default_receipt_timeout_secs")]
+    pub receipt_timeout_secs: u64,
 }
 
+fn default_receipt_timeout_secs() -> u64 {
+    72 * 3600
+}
 fn default_breaker_failures() -> u32 {
     5
 }
@@ -1119,6 +1137,9 @@ impl Config {
             }
             if !(1..=64).contains(&c.binds) {
                 p.push(format!("{at}.binds: between 1 and 64"));
+            }
+            if !(1..=30 * 24 * 3600).contains(&c.receipt_timeout_secs) {
+                p.push(format!("{at}.receipt_timeout_secs: between 1 and 2592000 (30 days)"));
             }
             if !(1..=1000).contains(&c.window) {
                 p.push(format!("{at}.window: between 1 and 1000"));

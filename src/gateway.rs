@@ -239,6 +239,22 @@ impl Gateway {
         tasks.push(supervise("receipt_retry", shutdown_rx.clone(), move || {
             inb.clone().retry_parked_receipts(stop.clone())
         }));
+        let (st, lv, stop) = (store.clone(), live.clone(), shutdown_rx.clone());
+        tasks.push(supervise("receipt_timeout", shutdown_rx.clone(), move || {
+            crate::receipt_timeout::run(st.clone(), lv.clone(), stop.clone())
+        }));
+        // Records from before the search indexes get their entries in the background.
+        tasks.push(tokio::spawn({
+            let store = store.clone();
+            async move {
+                match crate::store::index::build(&store).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(indexed = n, "older messages and inbound texts indexed for search"),
+                    Err(e) => warn!(error = %e, "indexing older records failed; will retry at the next start"),
+                }
+            }
+        }));
+        metrics::set_account_label_limit(config.metrics.max_account_labels);
         let (st, retention, stop) = (store.clone(), config.retention.clone(), shutdown_rx.clone());
         tasks.push(supervise("maintenance", shutdown_rx.clone(), move || {
             let interval = Duration::from_secs(retention.sweep_interval_secs);

@@ -29,6 +29,8 @@ pub mod httpd;
 pub mod inbound;
 pub mod live;
 pub mod maintenance;
+pub mod receipt_timeout;
+pub mod search;
 pub mod message;
 pub mod metrics;
 pub mod phone;

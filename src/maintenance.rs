@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::config::RetentionConfig;
 use crate::crypto::{Crypto, Sealed};
 use crate::message::{Content, Message, now_ms};
+use crate::store::index;
 use crate::store::{Op, Store, StoreError, layout};
 
 /// Records handled per commit.
@@ -85,6 +86,14 @@ async fn messages(
             let final_ms = msg.status.is_final().then(|| msg.history.last().map(|e| e.at_ms)).flatten();
             if let Some(at) = final_ms {
                 if now >= at + retention.metadata_days * DAY_MS {
+                    // Its search index entries go with it (the writer removes the account's).
+                    if let Some(sealed) = &msg.sealed
+                        && let Ok(content) = crypto.open_json::<Content>(sealed, key)
+                    {
+                        let idx = crypto.blind_index(&content.to);
+                        let entry = [index::by_recipient_prefix(&msg.account, &idx).as_slice(), msg.id.as_bytes()].concat();
+                        ops.push(Op::Delete { key: entry });
+                    }
                     ops.push(Op::DeleteMessage { id: msg.id.clone() });
                     report.messages_deleted += 1;
                     continue;
@@ -137,6 +146,13 @@ async fn inbound(
             let received = v["received_ms"].as_u64().unwrap_or(now);
             if now >= received + retention.metadata_days * DAY_MS {
                 // Past the metadata retention the record goes, not only its content.
+                if let Some(seq) = key.get(layout::INBOUND.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+                    let account = match v.get("account") {
+                        None => Some(crate::accounts::DEFAULT),
+                        Some(a) => a.as_str(),
+                    };
+                    ops.push(Op::Delete { key: index::inbound(account, seq) });
+                }
                 ops.push(Op::Delete { key });
                 report.inbound_deleted += 1;
             } else if v.get("sealed").is_some_and(|s| !s.is_null()) && now >= received + retention.inbound_days * DAY_MS

@@ -215,6 +215,9 @@ pub struct Message {
     pub carrier: Option<String>,
     /// Per-segment carrier ids and receipts.
     pub parts: Vec<Part>,
+    /// When its last part was submitted (ms): the receipt timeout counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_ms: Option<u64>,
     /// Submission attempts so far.
     pub attempts: u32,
     /// Why it failed, when it did.
@@ -279,6 +282,7 @@ impl Message {
             route,
             carrier: None,
             parts: vec![Part::default(); analysis.segments],
+            submitted_ms: None,
             attempts: 0,
             error: None,
             history: vec![Event::new(status, now_ms, None)],

@@ -5,6 +5,7 @@ pub mod edge;
 pub mod error;
 mod messages;
 mod registry;
+mod search;
 pub mod send;
 mod senders;
 
@@ -313,6 +314,7 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
         (["healthz"], &Method::GET) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state))),
         (["v1", "messages"], &Method::POST) => ("send", messages::send(state, req).await),
+        (["v1", "messages"], &Method::GET) => ("search", search::list(state, &req)),
         (["v1", "messages", "batch"], &Method::POST) => ("send_batch", messages::send_batch(state, req).await),
         (["v1", "messages", "batch"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
         (["v1", "messages", id], &Method::GET) => {
@@ -349,7 +351,7 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
         (["v1", "opt-outs", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "PUT", "DELETE"]))),
         (["v1", "consents", _], _) => ("other", Err(ApiError::method_not_allowed(&["PUT", "DELETE"]))),
         (["healthz"] | ["readyz"], _) => ("other", Err(ApiError::method_not_allowed(&["GET"]))),
-        (["v1", "messages"], _) => ("other", Err(ApiError::method_not_allowed(&["POST"]))),
+        (["v1", "messages"], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "POST"]))),
         (["v1", "messages", _], _) => ("other", Err(ApiError::method_not_allowed(&["GET", "DELETE"]))),
         _ => ("other", Err(ApiError::not_found("such endpoint"))),
     }

@@ -333,7 +333,7 @@ pub fn inbound_page(state: &AppState, req: &ApiRequest, account: Option<&str>) -
 }
 
 /// `limit`: 1 to 1000, 100 when absent; anything else is a 400, not a guess.
-fn page_limit(q: &std::collections::HashMap<String, String>) -> Result<usize, ApiError> {
+pub(super) fn page_limit(q: &std::collections::HashMap<String, String>) -> Result<usize, ApiError> {
     match q.get("limit") {
         None => Ok(100),
         Some(l) => l
@@ -346,7 +346,7 @@ fn page_limit(q: &std::collections::HashMap<String, String>) -> Result<usize, Ap
 
 /// The query string's parameters, percent-decoded (`%2B` is `+`; a bare `+` stays a `+`, as
 /// numbers are written).
-fn query(req: &ApiRequest) -> std::collections::HashMap<String, String> {
+pub(super) fn query(req: &ApiRequest) -> std::collections::HashMap<String, String> {
     req.uri()
         .query()
         .unwrap_or("")

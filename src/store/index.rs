@@ -118,35 +118,6 @@ pub async fn build(store: &Store) -> Result<usize, StoreError> {
     Ok(indexed)
 }
 
-/// Removes message index entries older than `before_ms` (their records are gone with the
-/// metadata retention); at most `limit` per call.
-pub async fn sweep(store: &Store, before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-    let mut stale = Vec::new();
-    for prefix in [BY_ACCOUNT, BY_RECIPIENT] {
-        let end = [prefix, &[0xff]].concat();
-        let mut start = prefix.to_vec();
-        while stale.len() < limit {
-            let keys = store.keys_in(&start, &end, 1000, false)?;
-            let Some(last) = keys.last() else { break };
-            start = [last.as_slice(), &[0]].concat();
-            let done = keys.len() < 1000;
-            for key in keys {
-                if stale.len() < limit && id_of(&key).and_then(id_time_ms).is_some_and(|t| t < before_ms) {
-                    stale.push(Op::Delete { key });
-                }
-            }
-            if done {
-                break;
-            }
-        }
-    }
-    let n = stale.len();
-    if n > 0 {
-        store.commit(stale).await?;
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

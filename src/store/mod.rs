@@ -152,6 +152,12 @@ pub enum Op {
         /// The new route, first carrier first.
         route: Vec<String>,
     },
+    /// A submitted message's receipt did not come in time: `unknown`, if it is still
+    /// `submitted`.
+    ReceiptTimeout {
+        /// Message id.
+        id: String,
+    },
     /// Cancel a message that no part of has been submitted yet.
     Cancel {
         /// Message id.

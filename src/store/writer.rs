@@ -346,6 +346,7 @@ impl<'a> WriteSet<'a> {
                         keys.push(layout::carrier_id(carrier, part));
                     }
                 }
+                keys.push([super::index::by_account_prefix(&msg.account).as_slice(), id.as_bytes()].concat());
                 self.messages.remove(id);
                 self.original.remove(id);
                 for k in keys {
@@ -369,6 +370,22 @@ impl<'a> WriteSet<'a> {
                 let (status, created_ms) = (msg.status, msg.created_ms);
                 self.put(key, Some(value));
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
+            }
+            Op::ReceiptTimeout { id } => {
+                let Some(msg) = self.load(id)? else {
+                    return Ok(OpResult::NotFound);
+                };
+                if msg.status != Status::Submitted {
+                    return Ok(OpResult::AlreadyFinal(msg.status));
+                }
+                msg.set_status(Status::Unknown, now, Some("receipt_timeout".into()));
+                msg.error = Some(ErrorInfo {
+                    code: "receipt_timeout".into(),
+                    message: "The carrier sent no delivery receipt in time; a late one still updates the status.".into(),
+                    carrier_status: None,
+                });
+                let created_ms = msg.created_ms;
+                Ok(OpResult::Updated { id: id.clone(), status: Status::Unknown, created_ms, became_final: true })
             }
             Op::Cancel { id } => {
                 let Some(msg) = self.load(id)? else {
@@ -402,6 +419,7 @@ impl<'a> WriteSet<'a> {
                 let created_ms = msg.created_ms;
                 if all_submitted && !msg.status.is_final() {
                     msg.attempts += 1;
+                    msg.submitted_ms = Some(now);
                     msg.set_status(Status::Submitted, now, Some(carrier.clone()));
                 } else if !all_submitted && !msg.status.is_final() && msg.status != Status::Submitting {
                     // Some parts are with the carrier: a cancel is too late, and GET says so.
@@ -513,7 +531,8 @@ impl<'a> WriteSet<'a> {
             return Ok(OpResult::NotFound);
         };
         let created_ms = msg.created_ms;
-        if msg.status.is_final() {
+        // `unknown` (no receipt in time) is final, but a late receipt still says what happened.
+        if msg.status.is_final() && msg.status != Status::Unknown {
             return Ok(OpResult::AlreadyFinal(msg.status));
         }
         let Some(final_status) = outcome.status else {
@@ -561,6 +580,7 @@ impl<'a> WriteSet<'a> {
     ) -> Result<sled::Batch, StoreError> {
         let mut outbox = Vec::new();
         let mut finished = Vec::new();
+        let mut awaiting = Vec::new();
         for (id, m) in &self.messages {
             let was = self.original.get(id).copied();
             if was == Some(m.status) {
@@ -570,6 +590,14 @@ impl<'a> WriteSet<'a> {
             // receipt can finish a message whose other parts were never submitted).
             if m.status.is_final() && !was.is_some_and(Status::is_final) {
                 finished.push(layout::queue(m.due_ms, m.seq));
+            }
+            // Submitted messages wait in `t/` for their receipt (or its timeout).
+            if let Some(at) = m.submitted_ms {
+                if m.status == Status::Submitted {
+                    awaiting.push((super::index::awaiting(at, id), true));
+                } else if was == Some(Status::Submitted) {
+                    awaiting.push((super::index::awaiting(at, id), false));
+                }
             }
             // Status changes of messages with a webhook go to the outbox in this same batch
             // (not the passing `submitting` of a long message between its parts).
@@ -581,6 +609,9 @@ impl<'a> WriteSet<'a> {
         }
         for key in finished {
             self.put(key, None);
+        }
+        for (key, waits) in awaiting {
+            self.put(key, waits.then(Vec::new));
         }
         for (key, value) in outbox {
             self.put(key, Some(value));
