@@ -2,6 +2,8 @@
 //! socket) and the admin API (`/v1/admin/accounts…`): one code path, every change audited by
 //! its caller.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Account, AccountError, Accounts, DEFAULT, Replies, account_key, new_secret, normalize_address, owner_key};
@@ -9,6 +11,7 @@ use crate::store::{Op, Store};
 
 /// A new account.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewAccount {
     /// Its name.
     pub name: String,
@@ -20,7 +23,7 @@ pub struct NewAccount {
     pub senders: Vec<String>,
     /// Its pools: name → senders (each must be one of its senders).
     #[serde(default)]
-    pub pools: Vec<(String, Vec<String>)>,
+    pub pools: BTreeMap<String, Vec<String>>,
     /// Its webhook URL.
     #[serde(default)]
     pub webhook_url: Option<String>,
@@ -28,6 +31,7 @@ pub struct NewAccount {
 
 /// Changes to an account; absent fields stay as they are.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccountChanges {
     /// New display name.
     #[serde(default)]
@@ -40,7 +44,7 @@ pub struct AccountChanges {
     pub remove_senders: Vec<String>,
     /// Pools to set (replacing a pool of the same name).
     #[serde(default)]
-    pub pools: Vec<(String, Vec<String>)>,
+    pub pools: BTreeMap<String, Vec<String>>,
     /// Pools to remove.
     #[serde(default)]
     pub remove_pools: Vec<String>,
@@ -146,7 +150,7 @@ impl AccountAdmin<'_> {
             check_url(url, policy)?;
         }
         let senders = addresses(&new.senders)?;
-        let mut pools = std::collections::BTreeMap::new();
+        let mut pools = BTreeMap::new();
         for (pool, members) in &new.pools {
             pools.insert(pool.clone(), addresses(members)?);
         }

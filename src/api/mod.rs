@@ -1,6 +1,7 @@
 //! The HTTPS API: hyper 1 (HTTP/1.1 and HTTP/2 by ALPN) behind tokio-rustls, routing,
 //! authentication, and the JSON handlers.
 
+mod admin;
 pub mod edge;
 pub mod error;
 mod messages;
@@ -325,6 +326,7 @@ async fn route(state: &AppState, req: ApiRequest) -> (&'static str, Handled) {
             let id = id.to_string();
             ("cancel_message", messages::cancel(state, &req, &id).await)
         }
+        (["v1", "admin", rest @ ..], _) => ("admin", admin::route(state, req, rest).await),
         (["v1", "inbound"], &Method::GET) => ("list_inbound", registry::list_inbound(state, &req)),
         (["v1", "opt-outs"], &Method::GET) => ("list_optouts", registry::list_optouts(state, &req)),
         (["v1", "opt-outs", n], &Method::GET) => {

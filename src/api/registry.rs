@@ -356,6 +356,6 @@ pub(super) fn query(req: &ApiRequest) -> std::collections::HashMap<String, Strin
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }

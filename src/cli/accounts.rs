@@ -81,7 +81,7 @@ pub enum AccountsCommand {
     },
 }
 
-fn pools(specs: &[String]) -> Result<Vec<(String, Vec<String>)>> {
+fn pools(specs: &[String]) -> Result<std::collections::BTreeMap<String, Vec<String>>> {
     specs
         .iter()
         .map(|s| match s.split_once('=') {
