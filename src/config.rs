@@ -96,6 +96,9 @@ pub struct Config {
     /// Signed webhooks.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// `[inbound]`: long inbound texts.
+    #[serde(default)]
+    pub inbound: InboundConfig,
     /// Graceful shutdown deadlines.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -578,6 +581,26 @@ impl WebhooksConfig {
     }
 }
 
+/// `[inbound]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// How long the parts of a long inbound text wait for the rest; then what came is released
+    /// as one text marked `incomplete`.
+    #[serde(default = "default_reassembly_timeout_secs")]
+    pub reassembly_timeout_secs: u64,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig { reassembly_timeout_secs: default_reassembly_timeout_secs() }
+    }
+}
+
+fn default_reassembly_timeout_secs() -> u64 {
+    120
+}
+
 /// `[crypto]`: the data keys (never in the store). Exactly one of the two.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1013,6 +1036,9 @@ impl Config {
     pub fn validate_for(&self, purpose: Purpose) -> Vec<String> {
         let secrets = purpose == Purpose::Serve;
         let mut p = Vec::new();
+        if !(1..=86_400).contains(&self.inbound.reassembly_timeout_secs) {
+            p.push("inbound.reassembly_timeout_secs: between 1 and 86400".to_string());
+        }
         let api = &self.api;
         match (&api.tls_cert, &api.tls_key, api.plaintext) {
             (Some(_), Some(_), false) => {}

@@ -239,6 +239,10 @@ impl Gateway {
         tasks.push(supervise("receipt_retry", shutdown_rx.clone(), move || {
             inb.clone().retry_parked_receipts(stop.clone())
         }));
+        let (inb, stop) = (inbound.clone(), shutdown_rx.clone());
+        tasks.push(supervise("inbound_parts", shutdown_rx.clone(), move || {
+            inb.clone().release_overdue_parts(stop.clone())
+        }));
         let (st, lv, stop) = (store.clone(), live.clone(), shutdown_rx.clone());
         tasks.push(supervise("receipt_timeout", shutdown_rx.clone(), move || {
             crate::receipt_timeout::run(st.clone(), lv.clone(), stop.clone())

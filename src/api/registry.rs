@@ -326,6 +326,10 @@ pub fn inbound_page(state: &AppState, req: &ApiRequest, account: Option<&str>) -
             if let Some(k) = &m.keyword {
                 v["keyword"] = json!(k);
             }
+            if let Some(n) = m.parts {
+                v["parts"] = json!(n);
+                v["incomplete"] = json!(m.incomplete);
+            }
             v
         })
         .collect();

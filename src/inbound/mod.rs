@@ -6,6 +6,8 @@
 //! so an acknowledged STOP is never lost and blocks every later submit. When the store fails
 //! the answer is `ESME_RSYSERR` and the SMSC sends the PDU again later.
 
+pub mod reassembly;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -70,9 +72,23 @@ pub struct InboundMessage {
     /// When retention purged the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged_ms: Option<u64>,
+    /// How many parts the text came in, when it was long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u8>,
+    /// Some parts never came: released after `inbound.reassembly_timeout_secs` with those
+    /// that did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
     /// Content, opened (not stored).
     #[serde(skip)]
     pub content: InboundContent,
+}
+
+/// How a text was put together from parts: their number, and whether some never came.
+#[derive(Debug, Clone, Copy, Default)]
+struct Assembled {
+    parts: Option<u8>,
+    incomplete: bool,
 }
 
 fn default_owner() -> Option<String> {
@@ -88,6 +104,9 @@ pub struct Inbound {
     live: Arc<Live>,
     audit: Audit,
     queues: Arc<Queues>,
+    /// Held while a long text's parts are read and stored or joined, so that two parts
+    /// arriving together on two binds cannot both miss each other.
+    assembling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Inbound {
@@ -101,7 +120,8 @@ impl Inbound {
         queues: Arc<Queues>,
     ) -> Arc<Self> {
         let correlator = Arc::new(Correlator::default());
-        Arc::new(Inbound { store, accounts, id_formats: Arc::new(id_formats), correlator, live, audit, queues })
+        let assembling = Arc::new(tokio::sync::Mutex::new(()));
+        Arc::new(Inbound { store, accounts, id_formats: Arc::new(id_formats), correlator, live, audit, queues, assembling })
     }
 
     /// Matches receipts that wait for an id written another way (see [`Correlator`]), every
@@ -208,7 +228,7 @@ impl Inbound {
 
     async fn mobile_originated(&self, carrier: &str, sm: &ShortMessage) -> u32 {
         m::inbound(carrier, "mo");
-        match self.store_mo(carrier, sm).await {
+        match self.receive_mo(carrier, sm).await {
             Ok(()) => status::OK,
             Err(e) => {
                 warn!(carrier, error = %e, "cannot store inbound message; asking the SMSC to retry");
@@ -217,16 +237,87 @@ impl Inbound {
         }
     }
 
-    async fn store_mo(&self, carrier: &str, sm: &ShortMessage) -> Result<(), crate::store::StoreError> {
+    /// A text on its own is handled now; a part of a long one waits for the rest (see
+    /// [`reassembly`]) and the whole is handled when the last part comes.
+    async fn receive_mo(&self, carrier: &str, sm: &ShortMessage) -> Result<(), crate::store::StoreError> {
+        let config = self.live.config();
+        let country = config.carriers.iter().find(|c| c.name == carrier).and_then(|c| c.country.as_deref());
+        let from = address(&sm.source.addr, sm.source.ton, country);
+        let to = address(&sm.dest.addr, sm.dest.ton, country);
+        let Some((segment, data)) = reassembly::segment(sm) else {
+            let content = InboundContent { from, to, body: decode_text(sm) };
+            return self.store_mo(carrier, content, Assembled::default(), Vec::new()).await;
+        };
+        let crypto = self.store.crypto().clone();
+        let _assembling = self.assembling.lock().await;
+        let group = reassembly::group(&crypto.blind_index(&from), &to, segment);
+        let key = reassembly::part_key(&group, segment.number);
+        let part = reassembly::PartContent { from, to, data_coding: sm.data_coding, data: data.to_vec() };
+        let stored = reassembly::StoredPart {
+            carrier: carrier.to_string(),
+            received_ms: now_ms(),
+            sealed: crypto.seal_json(&part, &key),
+        };
+        let put = Op::Put { value: crate::store::encode(&key, &stored)?, key: key.clone() };
+        let mut parts = reassembly::stored(&self.store, &crypto, &group)?;
+        parts.retain(|(n, ..)| *n != segment.number);
+        if parts.len() + 1 < usize::from(segment.total) {
+            debug!(carrier, part = segment.number, of = segment.total, "part of a long inbound text kept");
+            return self.store.commit(vec![put]).await.map(|_| ());
+        }
+        parts.push((segment.number, key, stored, part));
+        parts.sort_by_key(|(n, ..)| *n);
+        self.release(carrier, &parts, segment.total).await
+    }
+
+    /// Handles the text `parts` make (all `total` of them, or what came before the timeout),
+    /// removing the stored parts in the same commit.
+    async fn release(&self, carrier: &str, parts: &reassembly::Parts, total: u8) -> Result<(), crate::store::StoreError> {
+        let Some((_, _, _, first)) = parts.first() else { return Ok(()) };
+        let content = InboundContent { from: first.from.clone(), to: first.to.clone(), body: reassembly::join(parts, decode_bytes) };
+        let done = parts.iter().map(|(_, key, ..)| Op::Delete { key: key.clone() }).collect();
+        let assembled = Assembled { parts: Some(total), incomplete: parts.len() < usize::from(total) };
+        self.store_mo(carrier, content, assembled, done).await
+    }
+
+    /// Releases the long texts whose parts waited longer than the configured timeout, every
+    /// second until `shutdown`.
+    pub async fn release_overdue_parts(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.release_overdue(now_ms()).await {
+                warn!(error = %e, "releasing overdue parts of long inbound texts failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn release_overdue(&self, now: u64) -> Result<(), crate::store::StoreError> {
+        let timeout_ms = self.live.config().inbound.reassembly_timeout_secs * 1000;
+        let crypto = self.store.crypto().clone();
+        for group in reassembly::overdue(&self.store, now.saturating_sub(timeout_ms))? {
+            let _assembling = self.assembling.lock().await;
+            let parts = reassembly::stored(&self.store, &crypto, &group)?;
+            let total = group.len().checked_sub(2).and_then(|i| group.get(i)).copied().unwrap_or(0);
+            let carrier = parts.first().map(|(_, _, p, _)| p.carrier.clone()).unwrap_or_default();
+            m::inbound(&carrier, "incomplete");
+            self.release(&carrier, &parts, total).await?;
+        }
+        Ok(())
+    }
+
+    async fn store_mo(
+        &self,
+        carrier: &str,
+        content: InboundContent,
+        assembled: Assembled,
+        mut ops: Vec<Op>,
+    ) -> Result<(), crate::store::StoreError> {
         let crypto = self.store.crypto().clone();
         let now = now_ms();
         let config = self.live.config();
-        let country = config.carriers.iter().find(|c| c.name == carrier).and_then(|c| c.country.as_deref());
-        let content = InboundContent {
-            from: address(&sm.source.addr, sm.source.ton, country),
-            to: address(&sm.dest.addr, sm.dest.ton, country),
-            body: decode_text(sm),
-        };
         let compliance = self.live.compliance();
         let owner = self.accounts.route_inbound(&content.to).and_then(|name| self.accounts.get(&name));
         let account = owner.as_ref().map(|a| a.name.as_str());
@@ -236,7 +327,6 @@ impl Inbound {
         let keyword = compliance.classify(&content.body);
         let handset = E164::from_trusted(&content.from).ok();
         let idx = crypto.blind_index(&content.from);
-        let mut ops = Vec::new();
         let mut reply = None;
         let (kind, kw, rule) = match &keyword {
             Keyword::OptOut { keyword, rule } => ("optout", Some(keyword.clone()), Some(rule.to_string())),
@@ -301,6 +391,8 @@ impl Inbound {
             rule: rule.clone(),
             sealed: Some(crypto.seal_json(&content, &key)),
             purged_ms: None,
+            parts: assembled.parts,
+            incomplete: assembled.incomplete,
             content: InboundContent::default(),
         };
         ops.push(Op::Put { value: crate::store::encode(&key, &record)?, key });
@@ -322,7 +414,8 @@ impl Inbound {
         if let (Some(url), Some(account)) = (url, account) {
             let payload = json!({"event": "inbound", "id": seq.to_string(), "account": account, "carrier": carrier,
                                  "from": content.from, "to": content.to, "body": content.body, "kind": kind,
-                                 "received_at": crate::message::rfc3339(now)});
+                                 "received_at": crate::message::rfc3339(now), "parts": assembled.parts,
+                                 "incomplete": assembled.incomplete});
             ops.push(crate::store::outbox::inbound_op(&crypto, account, &url, &payload)?);
         }
         self.store.commit(ops).await?;
@@ -352,6 +445,7 @@ impl InboundHandler for Inbound {
             live: self.live.clone(),
             audit: self.audit.clone(),
             queues: self.queues.clone(),
+            assembling: self.assembling.clone(),
         };
         Box::pin(async move { this.handle(&carrier, sm).await })
     }
@@ -407,7 +501,12 @@ pub fn decode_text(sm: &ShortMessage) -> String {
     {
         payload = payload.get(usize::from(udh_len) + 1..).unwrap_or(&[]);
     }
-    match sm.data_coding {
+    decode_bytes(payload, sm.data_coding)
+}
+
+/// Decodes user data by its `data_coding`.
+fn decode_bytes(payload: &[u8], data_coding: u8) -> String {
+    match data_coding {
         0x08 => text::ucs2_decode(payload),
         0x03 => text::latin1_decode(payload),
         0x01 => String::from_utf8_lossy(payload).into_owned(),
