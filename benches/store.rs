@@ -33,7 +33,7 @@ fn crypto() -> Arc<Crypto> {
 fn prepare(crypto: &Crypto, raw: &[u8], seq: u64) -> Message {
     let value: Value = serde_json::from_slice(raw).expect("the request is JSON");
     let request = send::parse(&value, LIMITS).expect("the request validates");
-    let mut msg = send::build_message(request, "k1", seq, vec!["sim".into()], 86_400);
+    let mut msg = send::build_message(request, ("k1", "default"), seq, vec!["sim".into()], 86_400);
     msg.sealed = Some(store::seal_content(crypto, &msg));
     msg
 }
@@ -111,7 +111,7 @@ fn optout_lookup(c: &mut Criterion) {
             .iter()
             .map(|&i| {
                 let scope = if i % 10 == 0 { "12345" } else { registry::GLOBAL };
-                registry::optout_op(&crypto, &number(i), scope, "import", None, None, "bench", 1, false)
+                registry::optout_op(&crypto, &number(i), scope, "import", None, None, ("bench", None), 1, false)
                     .map(|(op, _)| op)
                     .expect("an opt-out op")
             })

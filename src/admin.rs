@@ -19,7 +19,7 @@ use crate::accounts::{AccountView, Accounts};
 use crate::audit::{Audit, Event};
 use crate::auth::{ApiKey, KeyAdmin, KeyRing, Scope};
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// What admin requests act on.
 #[derive(Clone)]
@@ -118,6 +118,17 @@ pub enum AdminRequest {
         /// What changes.
         changes: AccountChanges,
     },
+    /// An account's messages created in a time range, as CSV rows.
+    MessagesExport {
+        /// The account.
+        account: String,
+        /// Created at or after (ms).
+        since_ms: Option<u64>,
+        /// Created at or before (ms).
+        until_ms: Option<u64>,
+        /// Numbers in clear (audited) instead of masked.
+        unmask: bool,
+    },
 }
 
 /// The answer.
@@ -180,6 +191,12 @@ pub enum AdminResponse {
         /// Every account.
         accounts: Vec<AccountView>,
     },
+    /// Message rows: id, created_at, status, to, from, client_ref, category, segments,
+    /// carrier, error.
+    Messages {
+        /// Rows, newest first.
+        rows: Vec<Vec<String>>,
+    },
     /// Records set aside.
     Quarantined {
         /// Each with its original key, reason and time.
@@ -207,6 +224,8 @@ pub async fn execute(ctx: &AdminCtx, actor: &str, req: AdminRequest) -> AdminRes
         | AdminRequest::KeysSetPolicy { id, .. } => id.clone(),
         AdminRequest::AccountsShow { name } | AdminRequest::AccountsUpdate { name, .. } => format!("account:{name}"),
         AdminRequest::AccountsCreate { account } => format!("account:{}", account.name),
+        AdminRequest::MessagesExport { account, unmask: true, .. } => format!("account:{account} numbers:unmasked"),
+        AdminRequest::MessagesExport { account, .. } => format!("account:{account} numbers:masked"),
         _ => String::new(),
     };
     let answer = run_request(ctx, req).await;
@@ -225,6 +244,7 @@ pub async fn execute(ctx: &AdminCtx, actor: &str, req: AdminRequest) -> AdminRes
         | AdminResponse::Quarantined { .. }
         | AdminResponse::Account { .. }
         | AdminResponse::Accounts { .. } => (target, "ok".to_string()),
+        AdminResponse::Messages { rows } => (target, format!("ok: {} messages", rows.len())),
     };
     ctx.audit.record(Event::new(format!("cli:{actor}"), format!("admin.{action}"), target, outcome));
     answer
@@ -261,6 +281,16 @@ async fn run_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
         | AdminRequest::AccountsShow { .. }
         | AdminRequest::AccountsUpdate { .. } => return accounts_request(ctx, req).await,
         AdminRequest::RotateDataKey => return rotate(store, config).await,
+        AdminRequest::MessagesExport { account, since_ms, until_ms, unmask } => {
+            if ctx.accounts.get(&account).is_none() {
+                return AdminResponse::Error { message: format!("no account named '{account}'") };
+            }
+            let query = crate::search::Query { account, since_ms, until_ms, ..Default::default() };
+            return match export(store, &query, unmask) {
+                Ok(rows) => AdminResponse::Messages { rows },
+                Err(e) => AdminResponse::Error { message: e.to_string() },
+            };
+        }
         AdminRequest::QuarantineList => {
             return match store.quarantined() {
                 Ok(entries) => AdminResponse::Quarantined { entries },
@@ -313,7 +343,9 @@ async fn run_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
         AdminRequest::KeysCreate { account, name, scopes, rate_per_sec, daily_segments } => {
             let account = account.unwrap_or_else(|| crate::accounts::DEFAULT.to_string());
             if ctx.accounts.get(&account).is_none() {
-                return AdminResponse::Error { message: format!("no account named '{account}' (smsgate accounts list)") };
+                return AdminResponse::Error {
+                    message: format!("no account named '{account}' (smsgate accounts list)"),
+                };
             }
             match admin.create(&account, &name, scopes).await {
                 Ok((key, token)) if rate_per_sec.is_some() || daily_segments.is_some() => admin
@@ -345,7 +377,8 @@ async fn run_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
         | AdminRequest::AccountsCreate { .. }
         | AdminRequest::AccountsList
         | AdminRequest::AccountsShow { .. }
-        | AdminRequest::AccountsUpdate { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
+        | AdminRequest::AccountsUpdate { .. }
+        | AdminRequest::MessagesExport { .. } => Err(crate::auth::KeyAdminError::Invalid("handled above".into())),
         AdminRequest::KeysRevoke { id } => admin.revoke(&id).await.map(|key| AdminResponse::Revoked { key }),
     };
     result.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
@@ -483,6 +516,35 @@ fn op_name(req: &AdminRequest) -> &'static str {
         AdminRequest::AccountsList => "accounts_list",
         AdminRequest::AccountsShow { .. } => "accounts_show",
         AdminRequest::AccountsUpdate { .. } => "accounts_update",
+        AdminRequest::MessagesExport { .. } => "messages_export",
+    }
+}
+
+/// Every message `query` finds, as CSV rows; numbers masked unless `unmask`.
+fn export(store: &Store, query: &crate::search::Query, unmask: bool) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = crate::search::messages(store, query, cursor.as_deref(), 1000)?;
+        for m in &page.messages {
+            let to = if unmask { m.content.to.clone() } else { crate::phone::mask(&m.content.to) };
+            rows.push(vec![
+                m.id.clone(),
+                crate::message::rfc3339(m.created_ms),
+                m.status.as_str().to_string(),
+                to,
+                m.content.from.clone().unwrap_or_default(),
+                m.client_ref.clone().unwrap_or_default(),
+                m.category.clone().unwrap_or_default(),
+                m.segments.to_string(),
+                m.carrier.clone().unwrap_or_default(),
+                m.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
+            ]);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(rows),
+        }
     }
 }
 

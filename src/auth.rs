@@ -299,7 +299,12 @@ impl KeyAdmin<'_> {
 
     /// Creates a key; returns the record and the token (shown once).
     /// Creates a key of `account` (which the caller checked exists).
-    pub async fn create(&self, account: &str, name: &str, scopes: Vec<Scope>) -> Result<(ApiKey, String), KeyAdminError> {
+    pub async fn create(
+        &self,
+        account: &str,
+        name: &str,
+        scopes: Vec<Scope>,
+    ) -> Result<(ApiKey, String), KeyAdminError> {
         if name.trim().is_empty() || name.len() > 100 {
             return Err(KeyAdminError::Invalid("--name must be 1 to 100 characters".into()));
         }

@@ -161,7 +161,8 @@ impl Gateway {
             .map(|c| (c.name.clone(), FlowControl::new(c.rate, c.burst, Duration::from_millis(c.throttle_pause_ms))))
             .collect();
         let live = Arc::new(Live::new(config.clone(), flows.clone()));
-        let inbound = Inbound::new(store.clone(), accounts.clone(), id_formats, live.clone(), audit.clone(), queues.clone());
+        let inbound =
+            Inbound::new(store.clone(), accounts.clone(), id_formats, live.clone(), audit.clone(), queues.clone());
         let mut links = Vec::new();
         let mut link_tasks = Vec::new();
         let mut dispatch = HashMap::new();

@@ -91,7 +91,8 @@ async fn messages(
                         && let Ok(content) = crypto.open_json::<Content>(sealed, key)
                     {
                         let idx = crypto.blind_index(&content.to);
-                        let entry = [index::by_recipient_prefix(&msg.account, &idx).as_slice(), msg.id.as_bytes()].concat();
+                        let entry =
+                            [index::by_recipient_prefix(&msg.account, &idx).as_slice(), msg.id.as_bytes()].concat();
                         ops.push(Op::Delete { key: entry });
                     }
                     ops.push(Op::DeleteMessage { id: msg.id.clone() });
@@ -146,7 +147,9 @@ async fn inbound(
             let received = v["received_ms"].as_u64().unwrap_or(now);
             if now >= received + retention.metadata_days * DAY_MS {
                 // Past the metadata retention the record goes, not only its content.
-                if let Some(seq) = key.get(layout::INBOUND.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+                if let Some(seq) =
+                    key.get(layout::INBOUND.len()..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+                {
                     let account = match v.get("account") {
                         None => Some(crate::accounts::DEFAULT),
                         Some(a) => a.as_str(),

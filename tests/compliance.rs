@@ -263,6 +263,7 @@ async fn old_registry_entries_move_to_the_normalised_number() {
         keyword: Some("STOP".into()),
         rule: Some("exact".into()),
         actor: "carrier:sim".into(),
+        account: None,
         at_ms: 1,
         confirmation_sent: true,
     };
@@ -1024,7 +1025,7 @@ async fn webhooks_are_retried_with_their_headers_and_given_up_after_48_hours() {
     // An entry older than 48 hours that fails again is given up (deleted, counted).
     let crypto = gw.gateway.store.crypto();
     let url = format!("https://localhost:{port}/fail");
-    let op = smsgate::store::outbox::inbound_op(&crypto, &url, &json!({"event": "old"})).unwrap();
+    let op = smsgate::store::outbox::inbound_op(&crypto, "default", &url, &json!({"event": "old"})).unwrap();
     let smsgate::store::Op::Put { key, value } = op else { panic!("an outbox put") };
     let mut entry: smsgate::store::outbox::OutboxEntry = serde_json::from_slice(&value).unwrap();
     entry.created_ms = smsgate::message::now_ms() - 49 * 3_600_000;

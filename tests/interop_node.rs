@@ -39,7 +39,7 @@ async fn submit_receipt_and_inbound_through_the_node_simulator_over_tls() {
 
     // A handset's text comes back as deliver_sm and is stored before it is acknowledged.
     sim.mo("+14155550123", "CLINIC", "Running late, sorry").await;
-    let inbound = smsgate::inbound::list(&gw.gateway.store, None, 10).unwrap();
+    let inbound = smsgate::inbound::list(&gw.gateway.store, Some("default"), None, 10).unwrap();
     assert_eq!(inbound.len(), 1);
     assert_eq!(inbound[0].content.body, "Running late, sorry");
     assert_eq!(inbound[0].content.from, "+14155550123");

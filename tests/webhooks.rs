@@ -138,7 +138,9 @@ async fn receiver_x_does_not_hold_up_receiver_y(broken: Broken) {
     let crypto = gw.gateway.store.crypto();
     let x = format!("https://127.0.0.1:{port}/x");
     let ops: Vec<smsgate::store::Op> = (0..300)
-        .map(|i| smsgate::store::outbox::inbound_op(&crypto, &x, &json!({"event": "inbound", "n": i})).unwrap())
+        .map(|i| {
+            smsgate::store::outbox::inbound_op(&crypto, "default", &x, &json!({"event": "inbound", "n": i})).unwrap()
+        })
         .collect();
     gw.gateway.store.commit(ops).await.unwrap();
     match broken {

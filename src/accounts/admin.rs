@@ -96,7 +96,8 @@ fn addresses(list: &[String]) -> Result<Vec<String>, AccountError> {
 
 fn check_pools(account: &Account) -> Result<(), AccountError> {
     for (pool, members) in &account.pools {
-        if !(1..=32).contains(&pool.len()) || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !(1..=32).contains(&pool.len()) || !pool.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(AccountError::Invalid(format!("pool name '{pool}': 1 to 32 of letters, digits, '-', '_'")));
         }
         if members.is_empty() {

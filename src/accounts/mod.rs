@@ -349,7 +349,11 @@ mod tests {
         let default = Account { name: DEFAULT.into(), senders: vec![], any_sender: true, ..a.clone() };
         accounts.put(a.clone());
         accounts.put(default.clone());
-        assert_eq!(accounts.route_inbound("14155550100").as_deref(), Some(DEFAULT), "digits without + are another address");
+        assert_eq!(
+            accounts.route_inbound("14155550100").as_deref(),
+            Some(DEFAULT),
+            "digits without + are another address"
+        );
         assert_eq!(accounts.route_inbound("+14155550100").as_deref(), Some("clinic"));
         assert_eq!(accounts.route_inbound("+14155550199").as_deref(), Some(DEFAULT), "a single-tenant default");
         assert!(accounts.may_send_from(&a, "+14155550100"));

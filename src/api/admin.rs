@@ -17,7 +17,9 @@ fn account_error(e: AccountError) -> ApiError {
     match e {
         AccountError::Invalid(m) => ApiError::invalid("", m).field("body"),
         AccountError::NotFound(_) => ApiError::not_found("account with this name"),
-        AccountError::Exists(n) => ApiError::conflict("account_exists", format!("An account named '{n}' exists already.")),
+        AccountError::Exists(n) => {
+            ApiError::conflict("account_exists", format!("An account named '{n}' exists already."))
+        }
         AccountError::Taken { address, owner } => {
             ApiError::conflict("sender_taken", format!("{address} belongs to the account '{owner}'."))
         }

@@ -222,7 +222,8 @@ fn quota_guards(state: &AppState, principal: &Principal, messages: &[Message]) -
         label: label.into(),
     };
     let account_limit = state.accounts.get(&principal.account).and_then(|a| a.daily_segments);
-    let mut guards: Vec<QuotaGuard> = principal.daily_segments.map(|l| guard(&principal.key_id, l, KEY_QUOTA)).into_iter().collect();
+    let mut guards: Vec<QuotaGuard> =
+        principal.daily_segments.map(|l| guard(&principal.key_id, l, KEY_QUOTA)).into_iter().collect();
     // Key ids are letters and digits, so `@name` never collides with one.
     guards.extend(account_limit.map(|l| guard(&format!("@{}", principal.account), l, ACCOUNT_QUOTA)));
     guards

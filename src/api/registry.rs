@@ -123,8 +123,12 @@ pub fn list_optouts(state: &AppState, req: &ApiRequest) -> Handled {
     let next = page.next.map(|k| CURSOR.encode(k));
     // The page is read in key order and the caller's entries kept: a page may hold fewer
     // than `limit`, and `next` says where to go on.
-    let view: Vec<Value> =
-        page.entries.iter().filter(|(_, e)| registry::visible_to(e, &account)).map(|(n, e)| optout_view(n, e)).collect();
+    let view: Vec<Value> = page
+        .entries
+        .iter()
+        .filter(|(_, e)| registry::visible_to(e, &account))
+        .map(|(n, e)| optout_view(n, e))
+        .collect();
     Ok(json_response(StatusCode::OK, &json!({"opt_outs": view, "next": next})))
 }
 

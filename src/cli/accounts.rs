@@ -94,14 +94,17 @@ fn pools(specs: &[String]) -> Result<std::collections::BTreeMap<String, Vec<Stri
 /// Runs an `accounts` action.
 pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
     let request = match action {
-        AccountsCommand::Create { name, display_name, senders, pools: p, webhook_url } => AdminRequest::AccountsCreate {
-            account: NewAccount { name, display_name, senders, pools: pools(&p)?, webhook_url },
-        },
+        AccountsCommand::Create { name, display_name, senders, pools: p, webhook_url } => {
+            AdminRequest::AccountsCreate {
+                account: NewAccount { name, display_name, senders, pools: pools(&p)?, webhook_url },
+            }
+        }
         AccountsCommand::List => AdminRequest::AccountsList,
         AccountsCommand::Show { name } => AdminRequest::AccountsShow { name },
-        AccountsCommand::Disable { name } => {
-            AdminRequest::AccountsUpdate { name, changes: AccountChanges { disabled: Some(true), ..Default::default() } }
-        }
+        AccountsCommand::Disable { name } => AdminRequest::AccountsUpdate {
+            name,
+            changes: AccountChanges { disabled: Some(true), ..Default::default() },
+        },
         AccountsCommand::Update {
             name,
             display_name,

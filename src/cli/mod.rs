@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod accounts;
+mod messages;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +39,15 @@ pub enum Command {
         /// Account action.
         #[command(subcommand)]
         action: accounts::AccountsCommand,
+        /// Config file (to find the data directory).
+        #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
+        config: PathBuf,
+    },
+    /// Export an account's messages as CSV (works whether or not the server runs).
+    Messages {
+        /// Action.
+        #[command(subcommand)]
+        action: messages::MessagesCommand,
         /// Config file (to find the data directory).
         #[arg(long, global = true, env = "SMSGATE_CONFIG", default_value = "config/smsgate.toml")]
         config: PathBuf,
@@ -345,6 +355,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Keys { action: KeysCommand::InitDataKeys { out }, .. } => init_data_keys(&out),
         Command::Keys { action, config } => keys(action, &config).await,
         Command::Accounts { action, config } => accounts::run(action, &Config::load_admin(&config)?).await,
+        Command::Messages { action, config } => messages::run(action, &Config::load_admin(&config)?).await,
         Command::Optouts { action, config } => optouts(action, &config).await,
         Command::Audit { action, config } => audit(action, &config),
         Command::Backup { out, force, config } => backup(&out, force, &config).await,
@@ -553,7 +564,7 @@ fn check_config(path: &Path) -> Result<()> {
 }
 
 /// Sends an admin request to the running server, or executes it on the store directly.
-async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminResponse> {
+pub(super) async fn admin_call(config: &Config, request: AdminRequest) -> Result<AdminResponse> {
     if let Some(a) = admin::request(&config.data_dir, &request).await? {
         return Ok(a);
     }
@@ -651,7 +662,7 @@ async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn output(out: &Path) -> Result<Box<dyn std::io::Write>> {
+pub(super) fn output(out: &Path) -> Result<Box<dyn std::io::Write>> {
     if out == Path::new("-") {
         return Ok(Box::new(std::io::stdout()));
     }

@@ -127,9 +127,7 @@ impl Compliance {
             Keyword::None => return None,
         };
         let mut text = text.clone();
-        if account.is_some_and(|a| a.name != crate::accounts::DEFAULT)
-            && !text.contains("{name}")
-        {
+        if account.is_some_and(|a| a.name != crate::accounts::DEFAULT) && !text.contains("{name}") {
             text = format!("{{name}}: {text}");
         }
         let name = account.map(|a| a.display_name.as_str()).unwrap_or(sender);

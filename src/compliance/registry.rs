@@ -106,7 +106,9 @@ pub fn scopes_for(per_sender: bool, senders: &[String]) -> Vec<String> {
 /// patient texted still blocks its sends, but is not its to list or lift.
 pub fn visible_to(entry: &OptOutEntry, account: &crate::accounts::Account) -> bool {
     let recorded_for = entry.account.as_deref().unwrap_or(crate::accounts::DEFAULT);
-    recorded_for == account.name || entry.scope == account_scope(&account.name) || account.senders.contains(&entry.scope)
+    recorded_for == account.name
+        || entry.scope == account_scope(&account.name)
+        || account.senders.contains(&entry.scope)
 }
 
 /// The first opt-out blocking `idx` in any of `scopes`.

@@ -121,7 +121,16 @@ impl Inbound {
     ) -> Arc<Self> {
         let correlator = Arc::new(Correlator::default());
         let assembling = Arc::new(tokio::sync::Mutex::new(()));
-        Arc::new(Inbound { store, accounts, id_formats: Arc::new(id_formats), correlator, live, audit, queues, assembling })
+        Arc::new(Inbound {
+            store,
+            accounts,
+            id_formats: Arc::new(id_formats),
+            correlator,
+            live,
+            audit,
+            queues,
+            assembling,
+        })
     }
 
     /// Matches receipts that wait for an id written another way (see [`Correlator`]), every
@@ -272,9 +281,18 @@ impl Inbound {
 
     /// Handles the text `parts` make (all `total` of them, or what came before the timeout),
     /// removing the stored parts in the same commit.
-    async fn release(&self, carrier: &str, parts: &reassembly::Parts, total: u8) -> Result<(), crate::store::StoreError> {
+    async fn release(
+        &self,
+        carrier: &str,
+        parts: &reassembly::Parts,
+        total: u8,
+    ) -> Result<(), crate::store::StoreError> {
         let Some((_, _, _, first)) = parts.first() else { return Ok(()) };
-        let content = InboundContent { from: first.from.clone(), to: first.to.clone(), body: reassembly::join(parts, decode_bytes) };
+        let content = InboundContent {
+            from: first.from.clone(),
+            to: first.to.clone(),
+            body: reassembly::join(parts, decode_bytes),
+        };
         let done = parts.iter().map(|(_, key, ..)| Op::Delete { key: key.clone() }).collect();
         let assembled = Assembled { parts: Some(total), incomplete: parts.len() < usize::from(total) };
         self.store_mo(carrier, content, assembled, done).await

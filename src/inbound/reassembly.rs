@@ -41,7 +41,9 @@ pub fn segment(sm: &ShortMessage) -> Option<(Segment, &[u8])> {
             let value = udh.get(i + 2..i + 2 + len)?;
             let seg = match (iei, value) {
                 (0x00, [r, t, n]) => Some(Segment { reference: u16::from(*r), total: *t, number: *n }),
-                (0x08, [r1, r2, t, n]) => Some(Segment { reference: u16::from_be_bytes([*r1, *r2]), total: *t, number: *n }),
+                (0x08, [r1, r2, t, n]) => {
+                    Some(Segment { reference: u16::from_be_bytes([*r1, *r2]), total: *t, number: *n })
+                }
                 _ => None,
             };
             if let Some(s) = seg.filter(|s| s.total > 1 && (1..=s.total).contains(&s.number)) {

@@ -232,9 +232,18 @@ mod tests {
         let text = Crypto::generate_file_text();
         let good = Crypto::parse(&text).unwrap();
         let mut records = BTreeMap::new();
-        let (op, _) =
-            crate::compliance::registry::optout_op(&good, "+14155550123", "*", "api", None, None, ("t", None), 1, false)
-                .unwrap();
+        let (op, _) = crate::compliance::registry::optout_op(
+            &good,
+            "+14155550123",
+            "*",
+            "api",
+            None,
+            None,
+            ("t", None),
+            1,
+            false,
+        )
+        .unwrap();
         let crate::store::Op::Put { key, value } = op else { panic!("a put") };
         records.insert(key, value);
         assert!(verify(&records, &good).is_ok());

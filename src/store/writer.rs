@@ -381,7 +381,8 @@ impl<'a> WriteSet<'a> {
                 msg.set_status(Status::Unknown, now, Some("receipt_timeout".into()));
                 msg.error = Some(ErrorInfo {
                     code: "receipt_timeout".into(),
-                    message: "The carrier sent no delivery receipt in time; a late one still updates the status.".into(),
+                    message: "The carrier sent no delivery receipt in time; a late one still updates the status."
+                        .into(),
                     carrier_status: None,
                 });
                 let created_ms = msg.created_ms;
