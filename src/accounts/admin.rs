@@ -48,9 +48,9 @@ pub struct AccountChanges {
     /// Pools to remove.
     #[serde(default)]
     pub remove_pools: Vec<String>,
-    /// Webhook URL (`Some(None)` removes it).
+    /// Webhook URL (`""` removes it).
     #[serde(default)]
-    pub webhook_url: Option<Option<String>>,
+    pub webhook_url: Option<String>,
     /// Make a new webhook signing secret.
     #[serde(default)]
     pub rotate_webhook_secret: bool,
@@ -207,10 +207,10 @@ impl AccountAdmin<'_> {
             account.pools.remove(pool);
         }
         if let Some(url) = changes.webhook_url {
-            if let Some(u) = &url {
-                check_url(u, policy)?;
+            if !url.is_empty() {
+                check_url(&url, policy)?;
             }
-            account.webhook_url = url;
+            account.webhook_url = (!url.is_empty()).then_some(url);
         }
         let mut secret = None;
         if changes.rotate_webhook_secret || account.webhook_secret.is_none() {

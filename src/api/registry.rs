@@ -44,7 +44,8 @@ fn scope_name(scope: &str) -> &str {
 /// An opt-out another account recorded, as the caller sees it: that the number is opted out
 /// everywhere, and since when (its sends are refused because of it), nothing more.
 fn foreign_view(number: &str, e: &OptOutEntry) -> Value {
-    json!({"number": number, "scope": scope_name(&e.scope), "source": "another_account", "at": rfc3339(e.at_ms)})
+    json!({"number": number, "scope": scope_name(&e.scope), "source": "another_account",
+           "recorded_by": "another_account", "at": rfc3339(e.at_ms)})
 }
 
 fn optout_view(number: &str, e: &OptOutEntry) -> Value {

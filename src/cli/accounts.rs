@@ -126,7 +126,7 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
                 remove_senders,
                 pools: pools(&p)?,
                 remove_pools,
-                webhook_url: webhook_url.map(|u| (u != "none").then_some(u)),
+                webhook_url: webhook_url.map(|u| if u == "none" { String::new() } else { u }),
                 rotate_webhook_secret,
                 rate_per_sec: rate,
                 daily_segments: daily_quota,
