@@ -464,7 +464,7 @@ async fn a_store_from_before_accounts_keeps_every_key_and_record() {
     let config = parse_config(&text);
     // What the version before accounts wrote: a key, a message and an inbound text without
     // any account field.
-    let (token, message_id) = {
+    let (token, message_id, writer) = {
         let crypto = std::sync::Arc::new(config.crypto.load().unwrap());
         let store = Store::open(data.path(), &Default::default(), crypto.clone()).unwrap();
         let (key, token) = smsgate::auth::generate("default", "old", vec![Scope::Send, Scope::Read]);
@@ -495,8 +495,12 @@ async fn a_store_from_before_accounts_keeps_every_key_and_record() {
             .await
             .unwrap();
         store.flush().unwrap();
-        (token, msg.id.clone())
+        (token, msg.id.clone(), store.writer_stats())
     };
+    // The writer thread releases the files once the last handle is gone.
+    while !writer.exited.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let gw = TestGateway::start(config, &certs).await;
     wait_ready(&gw.client, "sim", 1).await;
     let old = gw.client.with_token(Some(&token));

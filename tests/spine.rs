@@ -110,8 +110,15 @@ async fn authentication_and_scopes() {
     let id = sent.json["id"].as_str().unwrap();
     let g = gw.client.with_token(Some(&send_only)).get(&format!("/v1/messages/{id}")).await;
     assert_eq!(g.status, StatusCode::FORBIDDEN);
-    // A message is visible to the key that sent it only.
-    let other = gw.client.get(&format!("/v1/messages/{id}")).await;
+    // A message is visible to the keys of the account that sent it only.
+    let same_account = gw.client.get(&format!("/v1/messages/{id}")).await;
+    assert_eq!(same_account.status, StatusCode::OK);
+    let accounts = smsgate::accounts::admin::AccountAdmin { store: &gw.gateway.store, accounts: &gw.gateway.accounts };
+    let new = smsgate::accounts::admin::NewAccount { name: "other".into(), ..Default::default() };
+    accounts.create(new, &Default::default()).await.unwrap();
+    let keys = smsgate::auth::KeyAdmin { store: &gw.gateway.store, ring: &gw.gateway.keys };
+    let (_, other_account) = keys.create("other", "other", vec![Scope::Read]).await.unwrap();
+    let other = gw.client.with_token(Some(&other_account)).get(&format!("/v1/messages/{id}")).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
     // Revocation takes effect at once.
     let victim = gw.key(vec![Scope::Send]).await;

@@ -77,3 +77,65 @@ pub fn pick(
         count: Some(count),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Crypto;
+    use crate::store::{Guard, StoreOptions};
+
+    fn clinic() -> Account {
+        let senders: Vec<String> = ["+14155550301", "+14155550302", "+14155550303"].map(String::from).into();
+        Account {
+            name: "clinic".into(),
+            display_name: "Clinic".into(),
+            senders: senders.clone(),
+            pools: [("reminders".to_string(), senders)].into(),
+            any_sender: false,
+            webhook_url: None,
+            webhook_secret: None,
+            rate_per_sec: None,
+            daily_segments: None,
+            replies: Default::default(),
+            disabled: false,
+            created_ms: 0,
+        }
+    }
+
+    /// Picks for `idx` and commits the choice, as an accept does.
+    async fn assign(store: &Store, account: &Account, idx: &str, usable: impl Fn(&str) -> bool) -> String {
+        let pick = pick(store, account, "reminders", idx, usable).unwrap().unwrap();
+        let guard = Guard { idempotency: None, quotas: pick.count.into_iter().collect() };
+        store.commit_guarded(pick.ops, Some(guard)).await.unwrap();
+        pick.sender
+    }
+
+    #[tokio::test]
+    async fn recipients_keep_their_sender_and_down_routes_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let crypto = std::sync::Arc::new(Crypto::parse(&Crypto::generate_file_text()).unwrap());
+        let store = Store::open(dir.path(), &StoreOptions::default(), crypto).unwrap();
+        let account = clinic();
+        let all = |_: &str| true;
+        let mut first = Vec::new();
+        for i in 0..9 {
+            first.push(assign(&store, &account, &format!("idx{i}"), all).await);
+        }
+        for s in &account.senders {
+            assert_eq!(first.iter().filter(|f| *f == s).count(), 3, "new recipients spread evenly: {first:?}");
+        }
+        for (i, sender) in first.iter().enumerate() {
+            assert_eq!(&assign(&store, &account, &format!("idx{i}"), all).await, sender, "sticky");
+        }
+        // The first sender's route is down: its recipients move, new ones avoid it.
+        let down = account.senders[0].clone();
+        let up = |s: &str| s != down;
+        let moved = assign(&store, &account, "idx0", up).await;
+        assert_ne!(moved, down);
+        assert_eq!(assign(&store, &account, "idx0", all).await, moved, "and stay where they moved");
+        assert_ne!(assign(&store, &account, "new", up).await, down);
+        // With every route down, the message still gets a sender (it waits for its route).
+        assert!(account.senders.contains(&assign(&store, &account, "idx1", |_| false).await));
+        assert!(pick(&store, &account, "other", "idx1", all).unwrap().is_none(), "no such pool");
+    }
+}

@@ -70,6 +70,15 @@ pub enum AccountsCommand {
         /// Only its own senders (true), or also any address no account owns (false).
         #[arg(long)]
         restrict_senders: Option<bool>,
+        /// Its own reply to an opt-out (STOP); `""` returns to the configured text.
+        #[arg(long)]
+        optout_reply: Option<String>,
+        /// Its own reply to an opt-in (START); `""` returns to the configured text.
+        #[arg(long)]
+        optin_reply: Option<String>,
+        /// Its own reply to HELP; `""` returns to the configured text.
+        #[arg(long)]
+        help_reply: Option<String>,
         /// Enable a disabled account.
         #[arg(long)]
         enable: bool,
@@ -117,6 +126,9 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
             rate,
             daily_quota,
             restrict_senders,
+            optout_reply,
+            optin_reply,
+            help_reply,
             enable,
         } => AdminRequest::AccountsUpdate {
             name,
@@ -131,7 +143,8 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
                 rate_per_sec: rate,
                 daily_segments: daily_quota,
                 any_sender: restrict_senders.map(|r| !r),
-                replies: None,
+                replies: (optout_reply.is_some() || optin_reply.is_some() || help_reply.is_some())
+                    .then(|| crate::accounts::Replies { optout: optout_reply, optin: optin_reply, help: help_reply }),
                 disabled: enable.then_some(false),
             },
         },
