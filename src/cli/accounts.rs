@@ -144,7 +144,7 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
                 daily_segments: daily_quota,
                 any_sender: restrict_senders.map(|r| !r),
                 replies: (optout_reply.is_some() || optin_reply.is_some() || help_reply.is_some())
-                    .then(|| crate::accounts::Replies { optout: optout_reply, optin: optin_reply, help: help_reply }),
+                    .then_some(crate::accounts::Replies { optout: optout_reply, optin: optin_reply, help: help_reply }),
                 disabled: enable.then_some(false),
             },
         },
