@@ -266,9 +266,11 @@ async fn accounts_request(ctx: &AdminCtx, req: AdminRequest) -> AdminResponse {
         AdminRequest::AccountsShow { name } => ctx
             .accounts
             .get(&name)
-            .map(|a| AdminResponse::Account { account: (&a).into(), webhook_secret: None })
+            .map(|a| AdminResponse::Account { account: a.as_ref().into(), webhook_secret: None })
             .ok_or(crate::accounts::AccountError::NotFound(name)),
-        _ => Ok(AdminResponse::Accounts { accounts: ctx.accounts.list().iter().map(AccountView::from).collect() }),
+        _ => Ok(AdminResponse::Accounts {
+            accounts: ctx.accounts.list().iter().map(|a| AccountView::from(a.as_ref())).collect(),
+        }),
     };
     answer.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
 }

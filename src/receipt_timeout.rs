@@ -15,8 +15,8 @@ use crate::live::Live;
 use crate::message::{Message, Status, now_ms};
 use crate::store::{Op, OpResult, Store, StoreError, index, layout};
 
-/// Most messages one pass moves.
-const PASS_LIMIT: usize = 1000;
+/// Most `t/` entries one pass reads (each lists the messages of one commit).
+const PASS_LIMIT: usize = 200;
 
 /// Runs a pass every second until `shutdown`.
 pub async fn run(store: Store, live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
@@ -33,7 +33,10 @@ pub async fn run(store: Store, live: Arc<Live>, mut shutdown: watch::Receiver<bo
     }
 }
 
-/// One pass: moves the messages whose receipt is overdue at `now`; returns how many.
+/// One pass: moves the messages whose receipt is overdue at `now`; returns how many. The
+/// `t/` entries old enough for the shortest timeout are read; an entry goes once none of its
+/// messages still waits, and is rewritten with those that do (a carrier with a longer
+/// timeout).
 pub async fn pass(store: &Store, live: &Live, now: u64) -> Result<usize, StoreError> {
     let config = live.config();
     let timeout_ms = |carrier: &str| {
@@ -42,27 +45,28 @@ pub async fn pass(store: &Store, live: &Live, now: u64) -> Result<usize, StoreEr
     };
     let shortest = config.carriers.iter().map(|c| c.receipt_timeout_secs * 1000).min().unwrap_or(72 * 3_600_000);
     let end = index::awaiting(now.saturating_sub(shortest).saturating_add(1), "");
-    let keys = store.keys_in(index::AWAITING_RECEIPT, &end, PASS_LIMIT * 4, false)?;
     let mut ops = Vec::new();
-    let mut carriers = Vec::new();
-    for key in keys {
-        let Some(id) = index::id_of(&key) else { continue };
-        let Some(msg) = store.get::<Message>(&layout::message(id))? else {
-            ops.push(Op::Delete { key });
-            continue;
-        };
-        let carrier = msg.carrier.clone().unwrap_or_default();
-        match (msg.status, msg.submitted_ms) {
-            (Status::Submitted, Some(at)) if now >= at + timeout_ms(&carrier) => {
-                ops.push(Op::ReceiptTimeout { id: id.to_string() });
-                carriers.push(carrier);
+    let mut timed_out = Vec::new();
+    for (key, value) in store.entries_in(index::AWAITING_RECEIPT, &end, PASS_LIMIT)? {
+        let ids = String::from_utf8_lossy(&value).into_owned();
+        let mut waiting = Vec::new();
+        for id in ids.split(' ').filter(|id| !id.is_empty()) {
+            let Some(msg) = store.get::<Message>(&layout::message(id))? else { continue };
+            let carrier = msg.carrier.clone().unwrap_or_default();
+            match (msg.status, msg.submitted_ms) {
+                (Status::Submitted, Some(at)) if now >= at + timeout_ms(&carrier) => {
+                    ops.push(Op::ReceiptTimeout { id: id.to_string() });
+                    timed_out.push((ops.len() - 1, carrier));
+                }
+                (Status::Submitted, Some(_)) => waiting.push(id),
+                // Delivered, failed, … already: nothing to wait for.
+                _ => {}
             }
-            (Status::Submitted, Some(_)) => {}
-            // Moved on without the writer seeing it leave `submitted`: the entry is stale.
-            _ => ops.push(Op::Delete { key }),
         }
-        if ops.len() >= PASS_LIMIT {
-            break;
+        if waiting.is_empty() {
+            ops.push(Op::Delete { key });
+        } else if waiting.len() < ids.split(' ').count() {
+            ops.push(Op::Put { key, value: waiting.join(" ").into_bytes() });
         }
     }
     if ops.is_empty() {
@@ -70,8 +74,8 @@ pub async fn pass(store: &Store, live: &Live, now: u64) -> Result<usize, StoreEr
     }
     let results = store.commit(ops).await?;
     let mut moved = 0;
-    for (result, carrier) in results.iter().filter(|r| !matches!(r, OpResult::Done)).zip(carriers) {
-        if let OpResult::Updated { became_final: true, .. } = result {
+    for (at, carrier) in timed_out {
+        if let Some(OpResult::Updated { became_final: true, .. }) = results.get(at) {
             crate::metrics::finished(&carrier, Status::Unknown.as_str());
             moved += 1;
         }

@@ -185,7 +185,8 @@ impl AccountAdmin<'_> {
         policy: &crate::webhooks::TargetPolicy,
     ) -> Result<(Account, Option<String>), AccountError> {
         let _changing = self.accounts.changing.lock().await;
-        let mut account = self.accounts.get(name).ok_or_else(|| AccountError::NotFound(name.to_string()))?;
+        let current = self.accounts.get(name).ok_or_else(|| AccountError::NotFound(name.to_string()))?;
+        let mut account = Account::clone(&current);
         if let Some(d) = changes.display_name {
             valid_display_name(&d)?;
             account.display_name = d;

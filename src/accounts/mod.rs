@@ -215,7 +215,7 @@ type Limiter = governor::DefaultDirectRateLimiter;
 /// The accounts in memory, loaded at start and kept in step with every change.
 #[derive(Default)]
 pub struct Accounts {
-    by_name: RwLock<HashMap<String, Account>>,
+    by_name: RwLock<HashMap<String, Arc<Account>>>,
     owners: RwLock<HashMap<String, String>>,
     limiters: RwLock<HashMap<String, (u32, Arc<Limiter>)>>,
     /// Serialises changes, so that two of them cannot claim one address.
@@ -249,18 +249,18 @@ impl Accounts {
             }
         }
         if let Ok(mut by_name) = self.by_name.write() {
-            by_name.insert(account.name.clone(), account);
+            by_name.insert(account.name.clone(), Arc::new(account));
         }
     }
 
-    /// One account.
-    pub fn get(&self, name: &str) -> Option<Account> {
+    /// One account (shared: every request reads it, nobody copies it).
+    pub fn get(&self, name: &str) -> Option<Arc<Account>> {
         self.by_name.read().ok()?.get(name).cloned()
     }
 
     /// Every account, by name.
-    pub fn list(&self) -> Vec<Account> {
-        let mut v: Vec<Account> = self.by_name.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+    pub fn list(&self) -> Vec<Arc<Account>> {
+        let mut v: Vec<Arc<Account>> = self.by_name.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -276,7 +276,7 @@ impl Accounts {
         if let Some(owner) = normalize_address(address).and_then(|a| self.owner_of(&a)) {
             return Some(owner);
         }
-        self.get(DEFAULT).filter(|d| d.any_sender && !d.disabled).map(|d| d.name)
+        self.get(DEFAULT).filter(|d| d.any_sender && !d.disabled).map(|d| d.name.clone())
     }
 
     /// Whether `account` may send from `from` (normalised): one of its senders, or, for an
@@ -290,7 +290,7 @@ impl Accounts {
 
     /// Counts one request against the account's rate; `Err(wait)` when over it.
     pub fn check_rate(&self, name: &str) -> Result<(), Duration> {
-        let rate = self.get(name).and_then(|a| a.rate_per_sec);
+        let rate = self.by_name.read().ok().and_then(|m| m.get(name).and_then(|a| a.rate_per_sec));
         let Some(rate) = rate.and_then(NonZeroU32::new) else { return Ok(()) };
         let cached = self
             .limiters

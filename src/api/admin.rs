@@ -86,7 +86,9 @@ pub async fn route(state: &AppState, req: ApiRequest, rest: &[&str]) -> Handled 
     let accounts = AccountAdmin { store: &state.store, accounts: &state.accounts };
     let keys = KeyAdmin { store: &state.store, ring: &state.keys };
     let policy = state.live.config().webhooks.policy().unwrap_or_default();
-    let exists = |name: &str| state.accounts.get(name).ok_or_else(|| ApiError::not_found("account with this name"));
+    let exists = |name: &str| -> Result<std::sync::Arc<crate::accounts::Account>, ApiError> {
+        state.accounts.get(name).ok_or_else(|| ApiError::not_found("account with this name"))
+    };
     match (rest, req.method()) {
         (["accounts"], &Method::GET) => {
             let list: Vec<Value> = state.accounts.list().iter().map(|a| account_view(a, None)).collect();
@@ -98,7 +100,10 @@ pub async fn route(state: &AppState, req: ApiRequest, rest: &[&str]) -> Handled 
             audit(state, &p, "accounts.create", &format!("account:{}", a.name));
             Ok(json_response(StatusCode::CREATED, &account_view(&a, Some(secret))))
         }
-        (["accounts", name], &Method::GET) => Ok(json_response(StatusCode::OK, &account_view(&exists(name)?, None))),
+        (["accounts", name], &Method::GET) => {
+            let account = exists(name)?;
+            Ok(json_response(StatusCode::OK, &account_view(&account, None)))
+        }
         (["accounts", name], &Method::PATCH) => {
             let changes: AccountChanges = body(&req)?;
             let (a, secret) = accounts.update(name, changes, &policy).await.map_err(account_error)?;

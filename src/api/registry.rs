@@ -26,7 +26,7 @@ fn number(raw: &str) -> Result<E164, ApiError> {
 }
 
 /// The account of the caller.
-fn account_of(state: &AppState, p: &Principal) -> Result<crate::accounts::Account, ApiError> {
+fn account_of(state: &AppState, p: &Principal) -> Result<std::sync::Arc<crate::accounts::Account>, ApiError> {
     state.accounts.get(&p.account).ok_or_else(ApiError::account_disabled)
 }
 

@@ -377,7 +377,7 @@ impl Inbound {
                     ops.push(Op::Delete { key: registry::consent_key(&idx) });
                 }
                 if confirm {
-                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
+                    reply = compliance.reply(&keyword, &content.to, owner.as_deref());
                 }
                 m::optout(k);
                 info!(carrier, from = %mask(&content.from), keyword = %k, rule, "opt-out recorded");
@@ -387,12 +387,12 @@ impl Inbound {
                 ops.push(Op::Delete { key: registry::optout_key(&scope, &idx) });
                 ops.push(registry::consent_op(&crypto, &content.from, "keyword:START", now, &actor, now)?);
                 if compliance.reply_allowed("optin", &idx, now) {
-                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
+                    reply = compliance.reply(&keyword, &content.to, owner.as_deref());
                 }
             }
             Keyword::Help(_) => {
                 if compliance.reply_allowed("help", &idx, now) {
-                    reply = compliance.reply(&keyword, &content.to, owner.as_ref());
+                    reply = compliance.reply(&keyword, &content.to, owner.as_deref());
                 }
             }
             Keyword::None => {}
@@ -416,7 +416,7 @@ impl Inbound {
         ops.push(Op::Put { value: crate::store::encode(&key, &record)?, key });
         ops.push(Op::Put { key: crate::store::index::inbound(account, seq), value: Vec::new() });
         let reply_msg = match (reply, &handset) {
-            (Some(body), Some(h)) => Some(self.reply(carrier, h, (&content.to, owner.as_ref()), body)?),
+            (Some(body), Some(h)) => Some(self.reply(carrier, h, (&content.to, owner.as_deref()), body)?),
             _ => None,
         };
         if let Some(r) = &reply_msg {

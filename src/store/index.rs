@@ -13,7 +13,8 @@ pub const BY_ACCOUNT: &[u8] = b"h/";
 pub const BY_RECIPIENT: &[u8] = b"g/";
 /// `j/{account}\0{inbound seq, u64 BE}`; unrouted texts have the empty account.
 pub const INBOUND_BY_ACCOUNT: &[u8] = b"j/";
-/// `t/{submitted ms, u64 BE}{message id}`
+/// `t/{commit ms, u64 BE}{first message id}` → the ids (space-separated) of the messages that
+/// became `submitted` in that commit.
 pub const AWAITING_RECEIPT: &[u8] = b"t/";
 
 /// Set once the indexes cover every record written before they existed.
@@ -39,7 +40,7 @@ pub fn inbound(account: Option<&str>, seq: u64) -> Vec<u8> {
     [inbound_prefix(account).as_slice(), &seq.to_be_bytes()].concat()
 }
 
-/// `t/{submitted ms}{id}`
+/// `t/{commit ms}{first id}`
 pub fn awaiting(submitted_ms: u64, id: &str) -> Vec<u8> {
     [AWAITING_RECEIPT, &submitted_ms.to_be_bytes(), id.as_bytes()].concat()
 }

@@ -667,6 +667,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Raw keys and values in `start..end`, in key order, at most `limit`.
+    pub fn entries_in(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.range(start..end).take(limit) {
+            let (k, v) = item?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The raw bytes under `key`.
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inner.db.get(key)?.map(|v| v.to_vec()))

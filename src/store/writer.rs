@@ -592,13 +592,10 @@ impl<'a> WriteSet<'a> {
             if m.status.is_final() && !was.is_some_and(Status::is_final) {
                 finished.push(layout::queue(m.due_ms, m.seq));
             }
-            // Submitted messages wait in `t/` for their receipt (or its timeout).
-            if let Some(at) = m.submitted_ms {
-                if m.status == Status::Submitted {
-                    awaiting.push((super::index::awaiting(at, id), true));
-                } else if was == Some(Status::Submitted) {
-                    awaiting.push((super::index::awaiting(at, id), false));
-                }
+            // Messages submitted in this commit are listed together under `t/` for the receipt
+            // timeout: one entry per commit, not a write per message (see receipt_timeout.rs).
+            if m.status == Status::Submitted {
+                awaiting.push(id.clone());
             }
             // Status changes of messages with a webhook go to the outbox in this same batch
             // (not the passing `submitting` of a long message between its parts).
@@ -611,8 +608,9 @@ impl<'a> WriteSet<'a> {
         for key in finished {
             self.put(key, None);
         }
-        for (key, waits) in awaiting {
-            self.put(key, waits.then(Vec::new));
+        if let Some(first) = awaiting.first() {
+            let value = awaiting.join(" ").into_bytes();
+            self.put(super::index::awaiting(now_ms(), first), Some(value));
         }
         for (key, value) in outbox {
             self.put(key, Some(value));
