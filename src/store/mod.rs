@@ -84,6 +84,9 @@ pub struct ReceiptOutcome {
     pub error_code: Option<u32>,
 }
 
+/// A key and its value, as stored.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// One change to the store. A list of them commits atomically.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -668,7 +671,7 @@ impl Store {
     }
 
     /// Raw keys and values in `start..end`, in key order, at most `limit`.
-    pub fn entries_in(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries_in(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<RawEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self.inner.db.range(start..end).take(limit) {
             let (k, v) = item?;
