@@ -462,7 +462,7 @@ async fn restore_queues(store: &Store, config: &Config, queues: &Queues) -> Resu
     let mut rerouted = Vec::new();
     let mut orphans = Vec::new();
     store.for_each_queue_entry(|e| {
-        let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms) else {
+        let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms).map(|x| x.of(&e.account)) else {
             orphans.push((e.due_ms, e.seq, "queue entry with a malformed message id"));
             return Ok(());
         };

@@ -26,6 +26,8 @@ pub struct Entry {
     pub id: ulid::Ulid,
     /// Validity deadline (ms).
     pub expires_ms: u64,
+    /// Its account's tag ([`crate::accounts::tag`]), for the account's share of the queue.
+    pub account: u16,
 }
 
 impl Entry {
@@ -35,29 +37,51 @@ impl Entry {
     pub fn new(due_ms: u64, seq: u64, id: &str, expires_ms: u64) -> Option<Entry> {
         let ulid = ulid::Ulid::from_string(id).ok()?;
         let mut buf = [0u8; ulid::ULID_LEN];
-        (ulid.array_to_str(&mut buf) == id).then_some(Entry { due_ms, seq, id: ulid, expires_ms })
+        (ulid.array_to_str(&mut buf) == id).then_some(Entry { due_ms, seq, id: ulid, expires_ms, account: 0 })
+    }
+
+    /// The entry, counted for `account`.
+    pub fn of(self, account: &str) -> Entry {
+        Entry { account: crate::accounts::tag(account), ..self }
+    }
+}
+
+/// A queue's entries and how many each account has among them.
+#[derive(Default)]
+struct Waiting {
+    set: BTreeSet<Entry>,
+    per_account: HashMap<u16, usize>,
+}
+
+impl Waiting {
+    fn counted(&mut self, e: &Entry, added: bool) {
+        let n = self.per_account.entry(e.account).or_default();
+        *n = if added { *n + 1 } else { n.saturating_sub(1) };
     }
 }
 
 /// A carrier's queue.
 #[derive(Default)]
 pub struct CarrierQueue {
-    entries: Mutex<BTreeSet<Entry>>,
+    entries: Mutex<Waiting>,
     changed: Notify,
 }
 
 impl CarrierQueue {
     /// Adds an entry and wakes the dispatcher.
     pub fn push(&self, entry: Entry) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.insert(entry);
+        if let Ok(mut w) = self.entries.lock() {
+            let counted = entry.clone();
+            if w.set.insert(entry) {
+                w.counted(&counted, true);
+            }
         }
         self.changed.notify_one();
     }
 
     /// Messages waiting.
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.lock().map(|w| w.set.len()).unwrap_or(0)
     }
 
     /// Whether nothing is waiting.
@@ -67,13 +91,17 @@ impl CarrierQueue {
 
     /// Due time of the first entry.
     pub fn next_due(&self) -> Option<u64> {
-        self.entries.lock().ok()?.first().map(|e| e.due_ms)
+        self.entries.lock().ok()?.set.first().map(|e| e.due_ms)
     }
 
     fn pop_if_due(&self, now: u64) -> Result<Entry, Option<u64>> {
-        let Ok(mut e) = self.entries.lock() else { return Err(None) };
-        match e.first() {
-            Some(first) if first.due_ms <= now => e.pop_first().ok_or(None),
+        let Ok(mut w) = self.entries.lock() else { return Err(None) };
+        match w.set.first() {
+            Some(first) if first.due_ms <= now => {
+                let taken = w.set.pop_first().ok_or(None)?;
+                w.counted(&taken, false);
+                Ok(taken)
+            }
             Some(first) => Err(Some(first.due_ms)),
             None => Err(None),
         }
@@ -100,12 +128,19 @@ impl CarrierQueue {
     /// Removes and returns every entry whose validity ended by `now` (so messages expire on
     /// time even while their carrier is down and nothing is popped).
     pub fn take_expired(&self, now: u64) -> Vec<Entry> {
-        let Ok(mut e) = self.entries.lock() else { return Vec::new() };
-        let expired: Vec<Entry> = e.iter().filter(|x| x.expires_ms <= now).cloned().collect();
+        let Ok(mut w) = self.entries.lock() else { return Vec::new() };
+        let expired: Vec<Entry> = w.set.iter().filter(|x| x.expires_ms <= now).cloned().collect();
         for x in &expired {
-            e.remove(x);
+            if w.set.remove(x) {
+                w.counted(x, false);
+            }
         }
         expired
+    }
+
+    /// How many of `account`'s (tag) messages wait here.
+    pub fn queued_for(&self, account: u16) -> usize {
+        self.entries.lock().map(|w| w.per_account.get(&account).copied().unwrap_or(0)).unwrap_or(0)
     }
 }
 
@@ -135,6 +170,12 @@ impl Queues {
     pub fn total(&self) -> usize {
         self.by_carrier.values().map(|q| q.len()).sum()
     }
+
+    /// An account's messages waiting across all carriers.
+    pub fn queued_for(&self, account: &str) -> usize {
+        let tag = crate::accounts::tag(account);
+        self.by_carrier.values().map(|q| q.queued_for(tag)).sum()
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +183,7 @@ mod tests {
     use super::*;
 
     fn entry(due_ms: u64, seq: u64, n: u128) -> Entry {
-        Entry { due_ms, seq, id: ulid::Ulid(n), expires_ms: u64::MAX }
+        Entry { due_ms, seq, id: ulid::Ulid(n), expires_ms: u64::MAX, account: 0 }
     }
 
     #[tokio::test]
@@ -189,10 +230,11 @@ mod tests {
     fn expired_entries_are_taken_out() {
         let q = CarrierQueue::default();
         let old = ulid::Ulid::new();
-        q.push(Entry { due_ms: 5, seq: 1, id: old, expires_ms: 10 });
-        q.push(Entry { due_ms: 5, seq: 2, id: ulid::Ulid::new(), expires_ms: 100 });
+        q.push(Entry { due_ms: 5, seq: 1, id: old, expires_ms: 10, account: 3 });
+        q.push(Entry { due_ms: 5, seq: 2, id: ulid::Ulid::new(), expires_ms: 100, account: 3 });
+        assert_eq!(q.queued_for(3), 2);
         let gone = q.take_expired(50);
         assert_eq!(gone.iter().map(|e| e.id).collect::<Vec<_>>(), [old]);
-        assert_eq!(q.len(), 1);
+        assert_eq!((q.len(), q.queued_for(3)), (1, 1), "counted per account as it leaves");
     }
 }

@@ -519,3 +519,31 @@ async fn a_store_from_before_accounts_keeps_every_key_and_record() {
     let sent = old.post("/v1/messages", &json!({"to": TO, "body": "after the upgrade"})).await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.json);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_fills_only_its_share_of_the_queue_also_after_a_restart() {
+    let certs = Certs::new();
+    // No carrier listens: everything accepted stays queued.
+    let nobody = Reserved::new();
+    let data = tempfile::tempdir().unwrap();
+    let text = config_text(data.path(), &certs, nobody.port(), "") + "[queue]\nmax_depth = 200\n";
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    let (_, clinic) = account(&gw, "clinic", &[CLINIC], &[], None).await;
+    let (_, pharmacy) = account(&gw, "pharmacy", &[PHARMACY], &[], None).await;
+    let admin = AccountAdmin { store: &gw.gateway.store, accounts: &gw.gateway.accounts };
+    let changes = AccountChanges { queue_share: Some(2), ..AccountChanges::default() };
+    admin.update("clinic", changes, &loopback()).await.unwrap();
+    let (a, b) = (gw.client.with_token(Some(&clinic)), gw.client.with_token(Some(&pharmacy)));
+    let send = |c: Client| async move { c.post("/v1/messages", &json!({"to": TO, "body": "x"})).await };
+    for _ in 0..4 {
+        assert_eq!(send(a.clone()).await.status, StatusCode::ACCEPTED, "2 % of 200 is 4");
+    }
+    let full = send(a.clone()).await;
+    assert_eq!((full.status, full.json["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("queue_full")));
+    assert_eq!(send(b.clone()).await.status, StatusCode::ACCEPTED, "the others' share is untouched");
+    gw.gateway.shutdown().await;
+    // After a restart the queue is read back with each entry's account.
+    let gw = TestGateway::start(parse_config(&text), &certs).await;
+    let a = gw.client.with_token(Some(&clinic));
+    assert_eq!(send(a).await.json["error"]["code"], "queue_full");
+}

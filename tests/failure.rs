@@ -322,7 +322,7 @@ async fn recovery_sets_bad_entries_aside_and_reroutes_orphaned_queue_entries() {
             Op::Put { key: b"q/short".to_vec(), value: b"x".to_vec() },
             Op::Put {
                 key: smsgate::store::layout::queue(1, 999),
-                value: smsgate::store::layout::queue_value(bad_id, "b", u64::MAX),
+                value: smsgate::store::layout::queue_value(bad_id, "b", u64::MAX, "default"),
             },
             Op::Put { key: layout(smsgate::store::layout::message), value: b"{not json".to_vec() },
         ])

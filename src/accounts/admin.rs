@@ -60,6 +60,9 @@ pub struct AccountChanges {
     /// Segments per UTC day (0 = unlimited).
     #[serde(default)]
     pub daily_segments: Option<u64>,
+    /// Its share of the queue in percent of `queue.max_depth` (0 = unlimited).
+    #[serde(default)]
+    pub queue_share: Option<u8>,
     /// Allow sending from any address no account owns (`true`) or only its own (`false`).
     #[serde(default)]
     pub any_sender: Option<bool>,
@@ -169,6 +172,7 @@ impl AccountAdmin<'_> {
             webhook_secret: Some(sealed),
             rate_per_sec: None,
             daily_segments: None,
+            queue_share: None,
             replies: Replies::default(),
             disabled: false,
             created_ms: crate::message::now_ms(),
@@ -225,6 +229,12 @@ impl AccountAdmin<'_> {
         if let Some(d) = changes.daily_segments {
             account.daily_segments = (d > 0).then_some(d);
         }
+        if let Some(share) = changes.queue_share {
+            if share > 100 {
+                return Err(AccountError::Invalid("queue share: a percentage, 0 (unlimited) to 100".into()));
+            }
+            account.queue_share = (share > 0).then_some(share);
+        }
         if let Some(any) = changes.any_sender {
             account.any_sender = any;
         }
@@ -268,6 +278,7 @@ impl AccountAdmin<'_> {
             webhook_secret: Some(sealed),
             rate_per_sec: None,
             daily_segments: None,
+            queue_share: None,
             replies: Replies::default(),
             disabled: false,
             created_ms: crate::message::now_ms(),

@@ -70,6 +70,10 @@ pub struct Account {
     /// Segments per UTC day across its keys; `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_segments: Option<u64>,
+    /// Its share of the queue, in percent of `queue.max_depth`: at most that many of its
+    /// messages wait at once, so one clinic's campaign cannot fill the queue for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_share: Option<u8>,
     /// Its own automatic reply texts (else the configured ones).
     #[serde(default)]
     pub replies: Replies,
@@ -114,6 +118,8 @@ pub struct AccountView {
     pub rate_per_sec: Option<u32>,
     /// Segments per UTC day across its keys.
     pub daily_segments: Option<u64>,
+    /// Its share of the queue (percent of `queue.max_depth`).
+    pub queue_share: Option<u8>,
     /// Its own automatic replies.
     pub replies: Replies,
     /// Whether it is disabled.
@@ -133,6 +139,7 @@ impl From<&Account> for AccountView {
             webhook_url: a.webhook_url.clone(),
             rate_per_sec: a.rate_per_sec,
             daily_segments: a.daily_segments,
+            queue_share: a.queue_share,
             replies: a.replies.clone(),
             disabled: a.disabled,
             created_at: crate::message::rfc3339(a.created_ms),
@@ -208,6 +215,24 @@ fn secret_context(name: &str) -> Vec<u8> {
 pub fn open_secret(crypto: &Crypto, account: &Account) -> Option<String> {
     let sealed = account.webhook_secret.as_ref()?;
     crypto.open(sealed, &secret_context(&account.name)).ok().and_then(|b| String::from_utf8(b).ok())
+}
+
+/// A small number for an account name, for the per-account counts of the in-memory queues
+/// (a queue entry holds two bytes, not a name). `default` is 0; names past 65,535 share 0.
+pub fn tag(name: &str) -> u16 {
+    static TAGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut tags) = TAGS.lock() else { return 0 };
+    if tags.is_empty() {
+        tags.push(DEFAULT.to_string());
+    }
+    if let Some(i) = tags.iter().position(|t| t == name) {
+        return i as u16;
+    }
+    if tags.len() > usize::from(u16::MAX) {
+        return 0;
+    }
+    tags.push(name.to_string());
+    (tags.len() - 1) as u16
 }
 
 type Limiter = governor::DefaultDirectRateLimiter;
@@ -342,6 +367,7 @@ mod tests {
             webhook_secret: None,
             rate_per_sec: None,
             daily_segments: None,
+            queue_share: None,
             replies: Replies::default(),
             disabled: false,
             created_ms: 0,

@@ -96,6 +96,7 @@ mod tests {
             webhook_secret: None,
             rate_per_sec: None,
             daily_segments: None,
+            queue_share: None,
             replies: Default::default(),
             disabled: false,
             created_ms: 0,

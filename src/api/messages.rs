@@ -187,6 +187,18 @@ fn check_capacity(state: &AppState, messages: &[Message]) -> Result<(), ApiError
     if state.queues.total() + messages.len() > limits.max_depth {
         return Err(ApiError::too_many("queue_full", "The gateway's queue is full; retry later.", 5));
     }
+    if let Some(first) = messages.first()
+        && let Some(share) = state.accounts.get(&first.account).and_then(|a| a.queue_share)
+    {
+        let limit = limits.max_depth * usize::from(share) / 100;
+        if state.queues.queued_for(&first.account) + messages.len() > limit {
+            return Err(ApiError::too_many(
+                "queue_full",
+                format!("This account's share of the queue ({share} %, {limit} messages) is full; retry later."),
+                5,
+            ));
+        }
+    }
     let mut per_carrier = std::collections::HashMap::<&str, usize>::new();
     for msg in messages {
         *per_carrier.entry(msg.queue_carrier()).or_default() += 1;
@@ -263,7 +275,7 @@ async fn accept(
     let queued: Vec<_> = messages
         .iter()
         .filter_map(|m| {
-            let entry = crate::queue::Entry::new(m.due_ms, m.seq, &m.id, m.expires_ms)?;
+            let entry = crate::queue::Entry::new(m.due_ms, m.seq, &m.id, m.expires_ms)?.of(&m.account);
             Some((m.queue_carrier().to_string(), entry))
         })
         .collect();

@@ -67,6 +67,9 @@ pub enum AccountsCommand {
         /// Segments per UTC day across its keys (0 = unlimited).
         #[arg(long)]
         daily_quota: Option<u64>,
+        /// Its share of the queue, percent of `queue.max_depth` (0 = unlimited).
+        #[arg(long)]
+        queue_share: Option<u8>,
         /// Only its own senders (true), or also any address no account owns (false).
         #[arg(long)]
         restrict_senders: Option<bool>,
@@ -125,6 +128,7 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
             rotate_webhook_secret,
             rate,
             daily_quota,
+            queue_share,
             restrict_senders,
             optout_reply,
             optin_reply,
@@ -142,6 +146,7 @@ pub async fn run(action: AccountsCommand, config: &Config) -> Result<()> {
                 rotate_webhook_secret,
                 rate_per_sec: rate,
                 daily_segments: daily_quota,
+                queue_share,
                 any_sender: restrict_senders.map(|r| !r),
                 replies: (optout_reply.is_some() || optin_reply.is_some() || help_reply.is_some())
                     .then_some(crate::accounts::Replies { optout: optout_reply, optin: optin_reply, help: help_reply }),
@@ -184,5 +189,6 @@ fn print_account(a: &AccountView) {
     println!("webhook URL:   {}", a.webhook_url.as_deref().unwrap_or("-"));
     let rate = a.rate_per_sec.map(|r| format!("{r} req/s")).unwrap_or_else(|| "no rate limit".into());
     let quota = a.daily_segments.map(|d| format!("{d} seg/day")).unwrap_or_else(|| "no quota".into());
-    println!("limits:        {rate}, {quota}");
+    let share = a.queue_share.map(|q| format!("{q} % of the queue")).unwrap_or_else(|| "any share of the queue".into());
+    println!("limits:        {rate}, {quota}, {share}");
 }

@@ -156,7 +156,7 @@ impl Collector {
         handed: mpsc::UnboundedReceiver<Handed>,
         wanted: usize,
     ) -> tokio::task::JoinHandle<()> {
-        let entry = Entry::new(msg.due_ms, msg.seq, &msg.id, msg.expires_ms);
+        let entry = Entry::new(msg.due_ms, msg.seq, &msg.id, msg.expires_ms).map(|e| e.of(&msg.account));
         let queue = self.queue.clone();
         tokio::spawn(async move {
             let run = std::panic::AssertUnwindSafe(self.run(msg, handed, wanted)).catch_unwind();
@@ -266,7 +266,10 @@ impl Collector {
                 _ => {}
             }
         }
-        if let Some(entry) = requeue_at.and_then(|due_ms| Entry::new(due_ms, msg.seq, &msg.id, msg.expires_ms)) {
+        if let Some(entry) = requeue_at
+            .and_then(|due_ms| Entry::new(due_ms, msg.seq, &msg.id, msg.expires_ms))
+            .map(|e| e.of(&msg.account))
+        {
             self.queue.push(entry);
         }
         drop(self.claim);

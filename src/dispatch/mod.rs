@@ -172,7 +172,7 @@ impl Dispatcher {
     fn reload_queue(&self, carrier: &str, queue: &CarrierQueue) {
         let result = self.store.for_each_queue_entry(|e| {
             if e.carrier == carrier
-                && let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms)
+                && let Some(entry) = Entry::new(e.due_ms, e.seq, &e.id, e.expires_ms).map(|x| x.of(&e.account))
             {
                 queue.push(entry);
             }

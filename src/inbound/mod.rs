@@ -439,7 +439,7 @@ impl Inbound {
         self.store.commit(ops).await?;
         if let Some(r) = reply_msg
             && let Some(q) = self.queues.get(r.queue_carrier())
-            && let Some(entry) = Entry::new(r.due_ms, r.seq, &r.id, r.expires_ms)
+            && let Some(entry) = Entry::new(r.due_ms, r.seq, &r.id, r.expires_ms).map(|e| e.of(&r.account))
         {
             q.push(entry);
         }

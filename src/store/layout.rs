@@ -117,16 +117,35 @@ pub fn orphan_ids(id: &str) -> Vec<String> {
 }
 
 /// Value of a `q/` entry: the message, the carrier whose queue holds it, its expiry.
-pub fn queue_value(message_id: &str, carrier: &str, expires_ms: u64) -> Vec<u8> {
-    format!("{message_id}\0{carrier}\0{expires_ms}").into_bytes()
+pub fn queue_value(message_id: &str, carrier: &str, expires_ms: u64, account: &str) -> Vec<u8> {
+    format!("{message_id}\0{carrier}\0{expires_ms}\0{account}").into_bytes()
 }
 
-/// Reads a `q/` value back: (id, carrier, expires_ms).
-pub fn parse_queue_value(value: &[u8]) -> Option<(String, String, u64)> {
+/// A `q/` value read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueValue {
+    /// Message id.
+    pub id: String,
+    /// Carrier queue.
+    pub carrier: String,
+    /// Validity deadline (ms).
+    pub expires_ms: u64,
+    /// Its account (`default` for entries written before accounts).
+    pub account: String,
+}
+
+/// Reads a `q/` value back.
+pub fn parse_queue_value(value: &[u8]) -> Option<QueueValue> {
     let s = std::str::from_utf8(value).ok()?;
     let mut it = s.split('\0');
     let (id, carrier, expires) = (it.next()?, it.next()?, it.next()?);
-    Some((id.to_string(), carrier.to_string(), expires.parse().ok()?))
+    let account = it.next().unwrap_or(crate::accounts::DEFAULT);
+    Some(QueueValue {
+        id: id.to_string(),
+        carrier: carrier.to_string(),
+        expires_ms: expires.parse().ok()?,
+        account: account.to_string(),
+    })
 }
 
 /// Value of a `c/` entry.
@@ -153,6 +172,15 @@ pub fn inbound(seq: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn queue_values_carry_their_account_and_old_ones_are_the_defaults() {
+        let v = parse_queue_value(&queue_value("01M8TZKKC878YD069FHA6YABDA", "acme", 42, "clinic")).unwrap();
+        assert_eq!((v.carrier.as_str(), v.expires_ms, v.account.as_str()), ("acme", 42, "clinic"));
+        let old = parse_queue_value(b"01M8TZKKC878YD069FHA6YABDA\0acme\042").unwrap();
+        assert_eq!(old.account, "default", "written before accounts");
+    }
+
     use super::*;
 
     #[test]

@@ -323,6 +323,8 @@ pub struct QueueEntry {
     pub carrier: String,
     /// When it stops being worth sending (ms).
     pub expires_ms: u64,
+    /// Its account.
+    pub account: String,
 }
 
 struct Request {
@@ -560,11 +562,12 @@ impl Store {
         for item in self.inner.db.scan_prefix(layout::QUEUE) {
             let (k, v) = item?;
             let parsed = layout::parse_queue(&k).zip(layout::parse_queue_value(&v));
-            let Some(((due_ms, seq), (id, carrier, expires_ms))) = parsed else {
+            let Some(((due_ms, seq), value)) = parsed else {
                 self.quarantine(&k, &v, "malformed queue entry");
                 continue;
             };
-            visit(QueueEntry { due_ms, seq, id, carrier, expires_ms })?;
+            let layout::QueueValue { id, carrier, expires_ms, account } = value;
+            visit(QueueEntry { due_ms, seq, id, carrier, expires_ms, account })?;
         }
         Ok(())
     }

@@ -306,7 +306,7 @@ impl<'a> WriteSet<'a> {
                 self.original.insert(msg.id.clone(), msg.status);
                 self.put(
                     layout::queue(msg.due_ms, msg.seq),
-                    Some(layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms)),
+                    Some(layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms, &msg.account)),
                 );
                 self.messages.insert(msg.id.clone(), (**msg).clone());
                 Ok(OpResult::Done)
@@ -365,7 +365,7 @@ impl<'a> WriteSet<'a> {
                 msg.route = route.clone();
                 let (key, value) = (
                     layout::queue(msg.due_ms, msg.seq),
-                    layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms),
+                    layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms, &msg.account),
                 );
                 let (status, created_ms) = (msg.status, msg.created_ms);
                 self.put(key, Some(value));
@@ -461,7 +461,7 @@ impl<'a> WriteSet<'a> {
                 msg.set_status(status, now, detail);
                 let new = layout::queue(msg.due_ms, msg.seq);
                 let (created_ms, value) =
-                    (msg.created_ms, layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms));
+                    (msg.created_ms, layout::queue_value(&msg.id, msg.queue_carrier(), msg.expires_ms, &msg.account));
                 self.put(old, None);
                 self.put(new, Some(value));
                 Ok(OpResult::Updated { id: id.clone(), status, created_ms, became_final: false })
