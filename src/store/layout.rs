@@ -177,7 +177,7 @@ mod tests {
     fn queue_values_carry_their_account_and_old_ones_are_the_defaults() {
         let v = parse_queue_value(&queue_value("01M8TZKKC878YD069FHA6YABDA", "acme", 42, "clinic")).unwrap();
         assert_eq!((v.carrier.as_str(), v.expires_ms, v.account.as_str()), ("acme", 42, "clinic"));
-        let old = parse_queue_value(b"01M8TZKKC878YD069FHA6YABDA\0acme\042").unwrap();
+        let old = parse_queue_value(b"01M8TZKKC878YD069FHA6YABDA\x00acme\x0042").unwrap();
         assert_eq!(old.account, "default", "written before accounts");
     }
 
