@@ -163,19 +163,10 @@ impl AccountAdmin<'_> {
         let display_name = new.display_name.unwrap_or_else(|| new.name.clone());
         valid_display_name(&display_name)?;
         let account = Account {
-            name: new.name,
-            display_name,
-            senders: senders.clone(),
             pools,
-            any_sender: false,
             webhook_url: new.webhook_url,
             webhook_secret: Some(sealed),
-            rate_per_sec: None,
-            daily_segments: None,
-            queue_share: None,
-            replies: Replies::default(),
-            disabled: false,
-            created_ms: crate::message::now_ms(),
+            ..Account::new(&new.name, &display_name, senders.clone())
         };
         self.save(&account, &senders, &[]).await?;
         Ok((account, secret))
@@ -268,21 +259,8 @@ impl AccountAdmin<'_> {
             return Ok(());
         }
         let (_, sealed) = new_secret(&self.store.crypto(), DEFAULT);
-        let account = Account {
-            name: DEFAULT.into(),
-            display_name: DEFAULT.into(),
-            senders: Vec::new(),
-            pools: Default::default(),
-            any_sender: true,
-            webhook_url: None,
-            webhook_secret: Some(sealed),
-            rate_per_sec: None,
-            daily_segments: None,
-            queue_share: None,
-            replies: Replies::default(),
-            disabled: false,
-            created_ms: crate::message::now_ms(),
-        };
+        let account =
+            Account { any_sender: true, webhook_secret: Some(sealed), ..Account::new(DEFAULT, DEFAULT, Vec::new()) };
         self.save(&account, &[], &[]).await
     }
 }

@@ -85,6 +85,27 @@ pub struct Account {
     pub created_ms: u64,
 }
 
+impl Account {
+    /// An account with `senders`, no pools, no limits, no webhook yet, enabled, made now.
+    pub fn new(name: &str, display_name: &str, senders: Vec<String>) -> Account {
+        Account {
+            name: name.to_string(),
+            display_name: display_name.to_string(),
+            senders,
+            pools: BTreeMap::new(),
+            any_sender: false,
+            webhook_url: None,
+            webhook_secret: None,
+            rate_per_sec: None,
+            daily_segments: None,
+            queue_share: None,
+            replies: Replies::default(),
+            disabled: false,
+            created_ms: crate::message::now_ms(),
+        }
+    }
+}
+
 /// An account's own automatic replies; `None` = the configured text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replies {
@@ -357,21 +378,7 @@ mod tests {
     #[test]
     fn ownership_routes_inbound_and_limits_senders() {
         let accounts = Accounts::default();
-        let a = Account {
-            name: "clinic".into(),
-            display_name: "Main St Clinic".into(),
-            senders: vec!["+14155550100".into()],
-            pools: BTreeMap::new(),
-            any_sender: false,
-            webhook_url: None,
-            webhook_secret: None,
-            rate_per_sec: None,
-            daily_segments: None,
-            queue_share: None,
-            replies: Replies::default(),
-            disabled: false,
-            created_ms: 0,
-        };
+        let a = Account::new("clinic", "Main St Clinic", vec!["+14155550100".into()]);
         let default = Account { name: DEFAULT.into(), senders: vec![], any_sender: true, ..a.clone() };
         accounts.put(a.clone());
         accounts.put(default.clone());

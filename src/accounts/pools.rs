@@ -87,19 +87,8 @@ mod tests {
     fn clinic() -> Account {
         let senders: Vec<String> = ["+14155550301", "+14155550302", "+14155550303"].map(String::from).into();
         Account {
-            name: "clinic".into(),
-            display_name: "Clinic".into(),
-            senders: senders.clone(),
-            pools: [("reminders".to_string(), senders)].into(),
-            any_sender: false,
-            webhook_url: None,
-            webhook_secret: None,
-            rate_per_sec: None,
-            daily_segments: None,
-            queue_share: None,
-            replies: Default::default(),
-            disabled: false,
-            created_ms: 0,
+            pools: [("reminders".to_string(), senders.clone())].into(),
+            ..Account::new("clinic", "Clinic", senders)
         }
     }
 
