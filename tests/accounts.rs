@@ -221,6 +221,12 @@ async fn long_inbound_texts_are_one_record_and_keywords_read_the_whole() {
     let c = gw.client.with_token(Some(&token));
     let long = "Thanks for the reminder. I will be there at ten but may be a few minutes late because of the \
                 school run; please tell the doctor. Also, can I bring my daughter along to the appointment?";
+    // `message_payload` carries a long text whole, in one PDU.
+    let whole = "+14155553020";
+    sim.control(Method::POST, "/mo", Some(json!({"from": whole, "to": CLINIC, "text": long, "concat": "payload"})))
+        .await;
+    let got: Vec<Value> = inbound_bodies(&c).await.into_iter().filter(|m| m["from"] == whole).collect();
+    assert_eq!((got.len(), got[0]["body"].as_str(), got[0].get("parts")), (1, Some(long), None));
     for (n, concat) in ["udh8", "udh16", "sar"].iter().enumerate() {
         let from = format!("+1415555300{n}");
         let r = sim
@@ -377,6 +383,19 @@ async fn search_by_recipient_and_status_pages_newest_first() {
     let (status, _, err) = smsgate(&args(true).iter().map(|s| s.as_os_str()).collect::<Vec<_>>());
     assert!(status.success(), "{err}");
     assert!(std::fs::read_to_string(&csv).unwrap().contains("+14155554001"));
+    let audit = [
+        std::ffi::OsStr::new("audit"),
+        "export".as_ref(),
+        "--out".as_ref(),
+        "-".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    until(PATIENCE, "the unmasked export in the audit trail", || async {
+        let (_, out, _) = smsgate(&audit);
+        out.lines().any(|l| l.contains("admin.messages_export") && l.contains("account:clinic numbers:unmasked"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -757,6 +757,10 @@ pub fn encode_deliver_sm(seq: u32, sm: &ShortMessage) -> Result<Bytes, EncodeFai
         tlvs.push(MessageDeliveryRequestTlvValue::SarTotalSegments(n));
         tlvs.push(MessageDeliveryRequestTlvValue::SarSegmentSeqnum(s));
     }
+    if let Some(p) = &sm.tlvs.message_payload {
+        let payload = rusmpp::types::AnyOctetString::from_bytes(p.clone());
+        tlvs.push(MessageDeliveryRequestTlvValue::MessagePayload(rusmpp::values::MessagePayload::new(payload)));
+    }
     let pdu = RDeliverSm::new(
         ServiceType::new(cstr(&sm.service_type, "service_type")?),
         Ton::from(sm.source.ton),
