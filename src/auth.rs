@@ -297,8 +297,8 @@ impl KeyAdmin<'_> {
         Ok(())
     }
 
-    /// Creates a key; returns the record and the token (shown once).
-    /// Creates a key of `account` (which the caller checked exists).
+    /// Creates a key of `account` (which the caller checked exists); returns the record and
+    /// the token (shown once).
     pub async fn create(
         &self,
         account: &str,

@@ -39,7 +39,8 @@ async fn the_api_keeps_its_openapi_contract() {
         certs.path("webhook.secret").display()
     );
     let text = config_text(data.path(), &certs, sim.tls_port(), "default_source = \"12345\"") + &webhooks;
-    let (config, token) = config_file_with_key(&certs, &text);
+    // The operator's scope too, so that the admin API is exercised, not only refused.
+    let (config, token) = config_file_with_scopes(&certs, &text, "send,read,optouts,admin");
     let mut gw = GatewayProcess::start(&config, &certs.path("contract.log"), &[]).expect("smsgate serve starts");
     wait_ready(&gw.client(&certs, &token), "sim", 1).await;
     let spec = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml");

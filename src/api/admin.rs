@@ -35,8 +35,12 @@ fn key_error(e: KeyAdminError) -> ApiError {
 }
 
 /// The body as `T`, refusing unknown fields with the serde message (which names the field).
+/// Objects must be written as objects: serde would also read a struct from an array.
 fn body<T: for<'de> Deserialize<'de>>(req: &ApiRequest) -> Result<T, ApiError> {
     let value = super::json_body(req)?;
+    if let Some(field) = ["replies"].iter().find(|f| value.get(**f).is_some_and(|v| !(v.is_object() || v.is_null()))) {
+        return Err(ApiError::invalid(field, format!("'{field}' must be an object.")));
+    }
     serde_json::from_value(value).map_err(|e| ApiError::invalid("", format!("{e}.")).field("body"))
 }
 
@@ -118,6 +122,9 @@ pub async fn route(state: &AppState, req: ApiRequest, rest: &[&str]) -> Handled 
         (["accounts", name, "keys"], &Method::POST) => {
             exists(name)?;
             let new: NewKey = body(&req)?;
+            if new.scopes.is_empty() {
+                return Err(ApiError::invalid("scopes", "'scopes' names at least one of send, read, optouts, admin."));
+            }
             let (mut key, token) = keys.create(name, &new.name, new.scopes).await.map_err(key_error)?;
             if new.rate_per_sec.is_some() || new.daily_segments.is_some() {
                 key = keys.set_limits(&key.id, new.rate_per_sec, new.daily_segments).await.map_err(key_error)?;

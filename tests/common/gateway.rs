@@ -111,6 +111,11 @@ impl GatewayProcess {
 /// Writes `text` as a config file and creates an API key with `smsgate keys create` (scopes
 /// `send,read,optouts`); returns (config path, token).
 pub fn config_file_with_key(certs: &Certs, text: &str) -> (PathBuf, String) {
+    config_file_with_scopes(certs, text, "send,read,optouts")
+}
+
+/// [`config_file_with_key`] with a key of these scopes.
+pub fn config_file_with_scopes(certs: &Certs, text: &str, scopes: &str) -> (PathBuf, String) {
     let config = certs.path(&format!("smsgate-{}.toml", unique()));
     std::fs::write(&config, text).unwrap();
     let (status, stdout, stderr) = super::smsgate(&[
@@ -119,7 +124,7 @@ pub fn config_file_with_key(certs: &Certs, text: &str) -> (PathBuf, String) {
         "--name".as_ref(),
         "test".as_ref(),
         "--scopes".as_ref(),
-        "send,read,optouts".as_ref(),
+        scopes.as_ref(),
         "--config".as_ref(),
         config.as_os_str(),
     ]);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use client::{Answer, Client, Conn, http_text};
-pub use gateway::{GatewayProcess, TestGateway, config_file_with_key, parse_config};
+pub use gateway::{GatewayProcess, TestGateway, config_file_with_key, config_file_with_scopes, parse_config};
 pub use receiver::{Deliveries, Delivery, Receiver};
 pub use sim::{Kind, Reserved, SimProcess, TestSim};
 
