@@ -1002,8 +1002,15 @@ async fn webhooks_are_retried_with_their_headers_and_given_up_after_48_hours() {
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.json);
     // The first two POSTs get 500: each of those deliveries comes again (same delivery id,
     // same payload, after a backoff) until it gets a 200.
-    let delivered = || got.lock().unwrap().iter().any(|d| d.answered == 200 && d.body["status"] == "delivered");
-    eventually(PATIENCE, "the delivered webhook answered 200", delivered).await;
+    // Both failed deliveries come again after about 2 s each, in either order: wait until
+    // the delivered one has come and every delivery has ended accepted.
+    let settled = || {
+        let all = got.lock().unwrap();
+        let ended = |id: &str| all.iter().rev().find(|d| d.delivery == id).is_some_and(|d| d.answered == 200);
+        all.iter().any(|d| d.answered == 200 && d.body["status"] == "delivered")
+            && all.iter().all(|d| ended(&d.delivery))
+    };
+    eventually(PATIENCE, "every webhook delivery answered 200 in the end", settled).await;
     let all = got.lock().unwrap().clone();
     let mut by_delivery: std::collections::BTreeMap<String, Vec<&Delivery>> = Default::default();
     for d in &all {
