@@ -296,7 +296,8 @@ impl Default for DispatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComplianceConfig {
-    /// `global` (an opt-out blocks every sender) or `sender` (only the sender it was sent to).
+    /// `global` (an opt-out blocks every sender of every account), `account` (every sender of
+    /// the account that owns the address texted) or `sender` (only the sender texted).
     #[serde(default)]
     pub optout_scope: OptOutScope,
     /// Accept only numbers with a recorded opt-in.

@@ -88,3 +88,60 @@ fn matches(m: &Message, q: &Query) -> bool {
         && q.from.as_ref().is_none_or(|f| Some(f) == m.content.from.as_ref())
         && q.client_ref.as_ref().is_none_or(|c| Some(c) == m.client_ref.as_ref())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Crypto;
+    use crate::store::{Op, StoreOptions};
+
+    async fn add(store: &Store, account: &str, to: &str, client_ref: &str) -> String {
+        let req = crate::api::send::parse(
+            &serde_json::json!({"to": to, "body": "x", "client_ref": client_ref}),
+            crate::api::send::Limits { max_body_chars: 100 },
+        )
+        .unwrap();
+        let msg = crate::api::send::build_message(req, ("k", account), 1, vec!["c".into()], 60);
+        let idx = store.crypto().blind_index(&msg.content.to);
+        let mut ops = vec![Op::Insert(Box::new(msg.clone()))];
+        ops.extend(index::message_ops(&msg, &idx));
+        store.commit(ops).await.unwrap();
+        // Ids made in one millisecond are not ordered; the index is by id.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        msg.id
+    }
+
+    #[tokio::test]
+    async fn finds_only_the_accounts_own_newest_first_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let crypto = std::sync::Arc::new(Crypto::parse(&Crypto::generate_file_text()).unwrap());
+        let store = Store::open(dir.path(), &StoreOptions::default(), crypto).unwrap();
+        let (x, y) = ("+14155554001", "+14155554002");
+        let mut mine = Vec::new();
+        for i in 0..5 {
+            mine.push(add(&store, "clinic", if i % 2 == 0 { x } else { y }, &format!("r{i}")).await);
+            add(&store, "pharmacy", x, "theirs").await;
+        }
+        let q = Query { account: "clinic".into(), ..Query::default() };
+        let ids = |p: &Page| p.messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let first = messages(&store, &q, None, 3).unwrap();
+        assert_eq!(ids(&first), [mine[4].clone(), mine[3].clone(), mine[2].clone()]);
+        let second = messages(&store, &q, first.next.as_deref(), 3).unwrap();
+        assert_eq!((ids(&second), second.next), (vec![mine[1].clone(), mine[0].clone()], None));
+        let to_x = Query { to: Some(x.into()), ..q.clone() };
+        assert_eq!(
+            ids(&messages(&store, &to_x, None, 10).unwrap()),
+            [mine[4].clone(), mine[2].clone(), mine[0].clone()]
+        );
+        let by_ref = Query { client_ref: Some("r3".into()), ..q.clone() };
+        assert_eq!(ids(&messages(&store, &by_ref, None, 10).unwrap()), [mine[3].clone()]);
+        let created = |id: &str| index::id_time_ms(id).unwrap();
+        let window = Query { since_ms: Some(created(&mine[1])), until_ms: Some(created(&mine[3])), ..q.clone() };
+        assert_eq!(
+            ids(&messages(&store, &window, None, 10).unwrap()),
+            [mine[3].clone(), mine[2].clone(), mine[1].clone()]
+        );
+        let delivered = Query { status: Some(Status::Delivered), ..q };
+        assert!(messages(&store, &delivered, None, 10).unwrap().messages.is_empty());
+    }
+}

@@ -297,6 +297,45 @@ impl Compliance {
 mod tests {
     use super::*;
 
+    fn with_scope(scope: OptOutScope) -> Compliance {
+        Compliance::new(&ComplianceConfig { optout_scope: scope, ..ComplianceConfig::default() })
+    }
+
+    #[test]
+    fn a_stop_reaches_as_far_as_the_scope_says() {
+        let global = with_scope(OptOutScope::Global);
+        assert_eq!(global.optout_scope("+14155550100", Some("clinic")), registry::GLOBAL);
+        assert_eq!(global.scopes("pharmacy", &["+14155550200".into()]), [registry::GLOBAL]);
+        let account = with_scope(OptOutScope::Account);
+        assert_eq!(account.optout_scope("+14155550100", Some("clinic")), "acct:clinic");
+        assert_eq!(account.optout_scope("+14155550199", None), registry::GLOBAL, "an unowned address: global");
+        assert_eq!(account.scopes("pharmacy", &[]), [registry::GLOBAL.to_string(), "acct:pharmacy".into()]);
+        let sender = with_scope(OptOutScope::Sender);
+        assert_eq!(sender.optout_scope("+14155550100", Some("clinic")), "+14155550100");
+        assert_eq!(sender.scopes("clinic", &["+14155550100".into()]), [registry::GLOBAL, "+14155550100"]);
+    }
+
+    #[test]
+    fn replies_name_the_account_and_use_its_own_texts() {
+        let c = with_scope(OptOutScope::Global);
+        let stop = Keyword::OptOut { keyword: "STOP".into(), rule: "exact" };
+        let mut clinic = crate::accounts::Account::new("clinic", "Main St Clinic", vec![]);
+        let reply = c.reply(&stop, "+14155550100", Some(&clinic)).unwrap();
+        assert!(reply.starts_with("Main St Clinic: You have been unsubscribed"), "{reply}");
+        assert!(reply.contains("+14155550100"), "{reply}");
+        clinic.replies.help = Some("{name} helps at 555-0100.".into());
+        assert_eq!(
+            c.reply(&Keyword::Help("HELP".into()), "x", Some(&clinic)).unwrap(),
+            "Main St Clinic helps at 555-0100."
+        );
+        let default = crate::accounts::Account::new(crate::accounts::DEFAULT, "default", vec![]);
+        assert!(
+            c.reply(&stop, "CLINIC", Some(&default)).unwrap().starts_with("You have been"),
+            "default: as configured"
+        );
+        assert_eq!(c.reply(&Keyword::None, "x", Some(&clinic)), None);
+    }
+
     #[test]
     fn local_days_and_midnights_follow_the_zone() {
         let tz = jiff::tz::TimeZone::get("America/New_York").unwrap();
