@@ -7,8 +7,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
-use smsgate::smpp::pdu::{self, Address, ShortMessage, Tlvs};
-use smsgate::smpp::receipt;
+use smsgate::smpp::codec::pdu::{self, Address, ShortMessage, Tlvs};
+use smsgate::smpp::codec::receipt;
 
 fn submit_sm() -> ShortMessage {
     ShortMessage {

@@ -810,10 +810,10 @@ pub struct CarrierConfig {
     pub long_messages: LongMessages,
     /// How this carrier writes message ids in submit_sm_resp.
     #[serde(default)]
-    pub submit_id_format: crate::smpp::receipt::IdFormat,
+    pub submit_id_format: crate::smpp::codec::receipt::IdFormat,
     /// How this carrier writes message ids in receipts.
     #[serde(default)]
-    pub receipt_id_format: crate::smpp::receipt::IdFormat,
+    pub receipt_id_format: crate::smpp::codec::receipt::IdFormat,
     /// source_addr TON, instead of inferring it from the sender's form.
     pub source_ton: Option<u8>,
     /// source_addr NPI, instead of inferring it.

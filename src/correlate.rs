@@ -2,7 +2,7 @@
 //! `submit_sm_resp` with a hexadecimal id and write receipts with the same number in decimal
 //! (or pad, or change case), and with the default `submit_id_format`/`receipt_id_format`
 //! every such receipt would wait forever. When the configured form finds nothing, the other
-//! writings of the number are tried (`smpp::receipt::fallback_ids`), the match is counted
+//! writings of the number are tried (`smpp::codec::receipt::fallback_ids`), the match is counted
 //! (`smsgate_receipt_id_fallback_total{carrier,form}`) and the config line that would match
 //! directly is logged once per carrier and form.
 //!
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::metrics as m;
-use crate::smpp::receipt::{IdFallback, fallback_ids};
+use crate::smpp::codec::receipt::{IdFallback, fallback_ids};
 use crate::store::{Op, OpResult, Store, StoreError};
 
 /// How long a parked receipt waits for its `submit_sm_resp` before other forms are tried.

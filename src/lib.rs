@@ -2,7 +2,7 @@
 //!
 //! Data flow: `api` validates and authenticates a send, `store` makes it durable (group
 //! commit + fdatasync) before the 202, `dispatch` takes due messages and submits them through
-//! a carrier's `smpp::session` binds, and receipts coming back as `deliver_sm` are correlated
+//! a carrier's `smpp::client::session` binds, and receipts coming back as `deliver_sm` are correlated
 //! in the store. `sim` is an SMSC simulator for the demo and tests.
 
 #![forbid(unsafe_code)]

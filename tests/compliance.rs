@@ -468,9 +468,9 @@ async fn nothing_readable_in_the_data_directory() {
     let m = c.wait_message(a.json["id"].as_str().unwrap(), PATIENCE, |m| m["status"] == "delivered").await;
     assert_eq!(m["status"], "delivered");
     // An inbound text, and an opt-out through the API.
-    let mo = smsgate::smpp::pdu::ShortMessage {
-        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550199".into() },
-        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+    let mo = smsgate::smpp::codec::pdu::ShortMessage {
+        source: smsgate::smpp::codec::pdu::Address { ton: 1, npi: 1, addr: "14155550199".into() },
+        dest: smsgate::smpp::codec::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
         short_message: Bytes::from(smsgate::text::gsm_encode("Marmalade-Octopus reply").unwrap()),
         ..Default::default()
     };
@@ -666,9 +666,9 @@ async fn signed_webhooks_for_status_and_inbound() {
     })
     .await;
     // Inbound texts go to the inbound webhook.
-    let mo = smsgate::smpp::pdu::ShortMessage {
-        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
-        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+    let mo = smsgate::smpp::codec::pdu::ShortMessage {
+        source: smsgate::smpp::codec::pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
+        dest: smsgate::smpp::codec::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
         short_message: Bytes::from(smsgate::text::gsm_encode("See you then").unwrap()),
         ..Default::default()
     };
@@ -837,9 +837,9 @@ async fn registry_paging_scopes_and_consent_removal() {
     assert_eq!(d.status, StatusCode::NOT_FOUND, "the global opt-out removed the consent");
     // Inbound pages: three texts, two per page.
     for (i, text) in ["one", "two", "three"].iter().enumerate() {
-        let mo = smsgate::smpp::pdu::ShortMessage {
-            source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: format!("1415555020{i}") },
-            dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+        let mo = smsgate::smpp::codec::pdu::ShortMessage {
+            source: smsgate::smpp::codec::pdu::Address { ton: 1, npi: 1, addr: format!("1415555020{i}") },
+            dest: smsgate::smpp::codec::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
             short_message: Bytes::from(smsgate::text::gsm_encode(text).unwrap()),
             ..Default::default()
         };
@@ -857,9 +857,9 @@ async fn registry_paging_scopes_and_consent_removal() {
     assert_eq!(second["more"], false);
     let resume = second["next"].as_str().expect("a short page has a cursor too").to_string();
     assert_eq!(second["inbound"][0]["id"], resume.as_str());
-    let mo = smsgate::smpp::pdu::ShortMessage {
-        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550209".into() },
-        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+    let mo = smsgate::smpp::codec::pdu::ShortMessage {
+        source: smsgate::smpp::codec::pdu::Address { ton: 1, npi: 1, addr: "14155550209".into() },
+        dest: smsgate::smpp::codec::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
         short_message: Bytes::from(smsgate::text::gsm_encode("four").unwrap()),
         ..Default::default()
     };
@@ -964,9 +964,9 @@ max_per_week = 2
     // next pass (bodies first, then the records).
     let a = send(&c, json!({"to": TO, "body": "short-lived"})).await;
     let id = a.json["id"].as_str().unwrap().to_string();
-    let mo = smsgate::smpp::pdu::ShortMessage {
-        source: smsgate::smpp::pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
-        dest: smsgate::smpp::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
+    let mo = smsgate::smpp::codec::pdu::ShortMessage {
+        source: smsgate::smpp::codec::pdu::Address { ton: 1, npi: 1, addr: "14155550123".into() },
+        dest: smsgate::smpp::codec::pdu::Address { ton: 3, npi: 0, addr: "12345".into() },
         short_message: Bytes::from(smsgate::text::gsm_encode("see you").unwrap()),
         ..Default::default()
     };

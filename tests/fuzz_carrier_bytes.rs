@@ -6,9 +6,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
-use smsgate::smpp::frame::FrameReader;
-use smsgate::smpp::pdu::{self, Frame, ShortMessage, id};
-use smsgate::smpp::receipt;
+use smsgate::smpp::codec::frame::FrameReader;
+use smsgate::smpp::codec::pdu::{self, Frame, ShortMessage, id};
+use smsgate::smpp::codec::receipt;
 
 /// `PROPTEST_CASES` if set, else 512.
 fn cases() -> u32 {

@@ -10,8 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use hyper::StatusCode;
 use serde_json::json;
-use smsgate::smpp::frame::FrameReader;
-use smsgate::smpp::pdu::{self, Frame, ShortMessage, id, status};
+use smsgate::smpp::codec::frame::FrameReader;
+use smsgate::smpp::codec::pdu::{self, Frame, ShortMessage, id, status};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -326,7 +326,7 @@ async fn a_flood_of_deliver_sm_is_throttled_past_the_per_bind_cap() {
     let mut peer = Peer::accept(&listener).await;
     // The store stalls: every inbound text waits for its commit.
     faults.hold_commits(true);
-    let cap = smsgate::smpp::session::INBOUND_IN_FLIGHT as u32;
+    let cap = smsgate::smpp::client::session::INBOUND_IN_FLIGHT as u32;
     let sent = cap + 36;
     for seq in 1..=sent {
         let mo = ShortMessage {

@@ -33,7 +33,7 @@ use crate::message::{Message, rfc3339};
 use crate::metrics as m;
 use crate::phone::mask;
 use crate::queue::Queues;
-use crate::smpp::session::CarrierLink;
+use crate::smpp::client::session::CarrierLink;
 use crate::store::Store;
 use error::ApiError;
 

@@ -18,9 +18,9 @@ use crate::config::DispatchConfig;
 use crate::message::{Message, Status, now_ms};
 use crate::metrics as m;
 use crate::queue::{CarrierQueue, Entry};
-use crate::smpp::pdu::status;
-use crate::smpp::receipt::normalize_id;
-use crate::smpp::session::{SubmitOutcome, SubmitResult};
+use crate::smpp::client::session::{SubmitOutcome, SubmitResult};
+use crate::smpp::codec::pdu::status;
+use crate::smpp::codec::receipt::normalize_id;
 use crate::store::{Op, OpResult, StoreError};
 
 use super::CarrierDispatch;

@@ -52,9 +52,9 @@ use crate::live::Live;
 use crate::message::{ErrorInfo, Message, Status, mono_ms, now_ms};
 use crate::metrics as m;
 use crate::queue::{CarrierQueue, Entry, Queues};
-use crate::smpp::receipt::IdFormat;
-use crate::smpp::session::{CarrierLink, SubmitJob, Ticket};
-use crate::smpp::submit::{SubmitOptions, build_parts};
+use crate::smpp::client::session::{CarrierLink, SubmitJob, Ticket};
+use crate::smpp::client::submit::{SubmitOptions, build_parts};
+use crate::smpp::codec::receipt::IdFormat;
 use crate::store::{Op, OpResult, Store, StoreError};
 use crate::supervise::supervise;
 
@@ -100,7 +100,7 @@ pub struct Dispatcher {
 /// A part handed to a bind, for the collector.
 struct Handed {
     index: usize,
-    reply: oneshot::Receiver<crate::smpp::session::SubmitResult>,
+    reply: oneshot::Receiver<crate::smpp::client::session::SubmitResult>,
     ticket: Ticket,
 }
 

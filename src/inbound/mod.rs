@@ -28,9 +28,9 @@ use crate::message::{Content, Message, MessageKind, Status, now_ms};
 use crate::metrics as m;
 use crate::phone::{E164, mask};
 use crate::queue::{Entry, Queues};
-use crate::smpp::pdu::{ShortMessage, status};
-use crate::smpp::receipt::{self, IdFormat, normalize_id};
-use crate::smpp::session::InboundHandler;
+use crate::smpp::client::session::InboundHandler;
+use crate::smpp::codec::pdu::{ShortMessage, status};
+use crate::smpp::codec::receipt::{self, IdFormat, normalize_id};
 use crate::store::{Op, OpResult, Store, layout};
 use crate::text;
 

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Crypto, Sealed};
-use crate::smpp::pdu::ShortMessage;
+use crate::smpp::codec::pdu::ShortMessage;
 use crate::store::{Store, StoreError};
 
 /// Parts waiting for the rest of their text.

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use super::{Sim, inc};
 use crate::api::json_response;
 use crate::httpd;
-use crate::smpp::pdu::ShortMessage;
-use crate::smpp::submit::source_address;
+use crate::smpp::client::submit::source_address;
+use crate::smpp::codec::pdu::ShortMessage;
 use crate::text;
 
 pub(super) async fn serve(sim: Arc<Sim>, listener: TcpListener, shutdown: watch::Receiver<bool>) {

@@ -77,7 +77,7 @@ impl Default for SimConfig {
             drop_after: 0,
             drop_every: false,
             error_ratio: 0.0,
-            error_status: crate::smpp::pdu::status::SYSTEM_ERROR,
+            error_status: crate::smpp::codec::pdu::status::SYSTEM_ERROR,
         }
     }
 }
@@ -136,7 +136,7 @@ pub(crate) struct SessionEntry {
 /// A receipt waiting for a receiver bind.
 pub(crate) struct PendingDlr {
     pub system_id: String,
-    pub pdu: crate::smpp::pdu::ShortMessage,
+    pub pdu: crate::smpp::codec::pdu::ShortMessage,
 }
 
 /// Shared simulator state.
@@ -303,7 +303,7 @@ impl Sim {
         &self,
         system_id: Option<&str>,
         session: Option<u64>,
-        pdu: &crate::smpp::pdu::ShortMessage,
+        pdu: &crate::smpp::codec::pdu::ShortMessage,
     ) -> Option<(u64, oneshot::Receiver<u32>)> {
         let sessions = self.sessions.lock().ok()?;
         let mut candidates: Vec<(&u64, &SessionEntry)> = sessions
@@ -320,7 +320,7 @@ impl Sim {
             % candidates.len();
         let (id, entry) = candidates[pick];
         let seq = (entry.next_seq.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF) as u32 + 1;
-        let bytes = match crate::smpp::pdu::encode_deliver_sm(seq, pdu) {
+        let bytes = match crate::smpp::codec::pdu::encode_deliver_sm(seq, pdu) {
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, "cannot encode deliver_sm");
@@ -340,7 +340,7 @@ impl Sim {
 
     /// Sends a `deliver_sm` (a receipt or an inbound text) to any receiving session; the
     /// receiver yields the `deliver_sm_resp` status. For embedding the simulator in tests.
-    pub fn inject(&self, pdu: &crate::smpp::pdu::ShortMessage) -> Option<(u64, oneshot::Receiver<u32>)> {
+    pub fn inject(&self, pdu: &crate::smpp::codec::pdu::ShortMessage) -> Option<(u64, oneshot::Receiver<u32>)> {
         self.push_deliver(None, None, pdu)
     }
 

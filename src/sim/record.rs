@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Value, json};
 
 use crate::fsutil::hex;
-use crate::smpp::pdu::ShortMessage;
+use crate::smpp::codec::pdu::ShortMessage;
 use crate::text;
 
 /// Appends records to a file, flushing each line (a killed test still finds every record).

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use super::{PendingDlr, SessionEntry, Sim, inc};
-use crate::smpp::frame::{FrameReader, write_frames};
-use crate::smpp::pdu::{self, Address, BindMode, Pdu, ShortMessage, status};
+use crate::smpp::codec::frame::{FrameReader, write_frames};
+use crate::smpp::codec::pdu::{self, Address, BindMode, Pdu, ShortMessage, status};
 
 /// Runs a connection until it closes, is unbound, or is dropped on request.
 pub(crate) async fn run<S>(sim: Arc<Sim>, stream: S, remote: String, tls: bool, mut shutdown: watch::Receiver<bool>)

@@ -3,7 +3,7 @@
 //! the API, like the magic numbers of hosted providers. They are in the 555-01xx block that
 //! North American numbering reserves for fiction. Any other number is delivered.
 
-use crate::smpp::pdu::status;
+use crate::smpp::codec::pdu::status;
 
 /// What the simulator does with a message to a test number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

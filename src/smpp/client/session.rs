@@ -29,10 +29,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
 
-use super::frame::{FrameError, FrameReader, write_frames};
-use super::pdu::{self, BindMode, Frame, Pdu, ShortMessage, id, status};
 use crate::config::Secret;
 use crate::metrics as m;
+use crate::smpp::codec::frame::{FrameError, FrameReader, write_frames};
+use crate::smpp::codec::pdu::{self, BindMode, Frame, Pdu, ShortMessage, id, status};
 
 /// What a bind needs to know about its carrier.
 #[derive(Clone)]

@@ -8,9 +8,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::pdu::{Address, ShortMessage, Tlvs};
 use crate::config::{Gsm7Packing, LongMessages};
 use crate::message::Message;
+use crate::smpp::codec::pdu::{Address, ShortMessage, Tlvs};
 use crate::text::{self, Encoding};
 
 /// Per-carrier choices for building PDUs.

@@ -100,7 +100,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smpp::pdu;
+    use crate::smpp::codec::pdu;
 
     #[tokio::test]
     async fn splits_coalesced_and_fragmented_pdus() {
