@@ -5,14 +5,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod accounts;
+mod keys;
 mod messages;
+mod records;
+
+pub use keys::KeysCommand;
+pub use records::{AuditCommand, OptoutsCommand, QuarantineCommand};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminRequest, AdminResponse};
-use crate::auth::{KeyRing, Scope};
+use crate::auth::KeyRing;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::gateway::Gateway;
 use crate::sim::{Recorder, Sim, SimConfig, SimListeners};
@@ -135,111 +140,6 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// `keys` actions.
-#[derive(Debug, Subcommand)]
-pub enum KeysCommand {
-    /// Create a key and print its token once.
-    Create {
-        /// Label for the key.
-        #[arg(long)]
-        name: String,
-        /// The account it belongs to (default: the account `default`).
-        #[arg(long)]
-        account: Option<String>,
-        /// Comma-separated scopes: send, read, optouts, admin.
-        #[arg(long, default_value = "send,read")]
-        scopes: String,
-        /// Requests per second this key may make (default: unlimited).
-        #[arg(long)]
-        rate: Option<u32>,
-        /// Segments this key may send per UTC day (default: unlimited).
-        #[arg(long)]
-        daily_quota: Option<u64>,
-    },
-    /// Change a key's limits (0 removes a limit).
-    SetLimits {
-        /// Key id.
-        id: String,
-        /// Requests per second.
-        #[arg(long)]
-        rate: Option<u32>,
-        /// Segments per UTC day.
-        #[arg(long)]
-        daily_quota: Option<u64>,
-    },
-    /// List keys (never their tokens).
-    List,
-    /// Revoke a key by id.
-    Revoke {
-        /// Key id (from `keys list`).
-        id: String,
-    },
-    /// Admin: a key's content-rule action and webhook settings.
-    SetPolicy {
-        /// Key id.
-        id: String,
-        /// reject, flag, or default (the configured action).
-        #[arg(long)]
-        content_action: Option<String>,
-        /// Default webhook URL for the key's messages (`none` removes it).
-        #[arg(long)]
-        webhook_url: Option<String>,
-        /// Let the key's webhooks carry message bodies.
-        #[arg(long)]
-        webhook_include_body: Option<bool>,
-    },
-    /// Append a data key to the key file (run it as a user who may write the file); the
-    /// server then seals new data with it and re-seals what is stored.
-    RotateDataKey,
-    /// Write a new data key file, mode 0600 (refuses to overwrite). Then give it to the
-    /// service's group: `chown root:smsgate FILE && chmod 0640 FILE`. smsgate refuses a key
-    /// file every user can read or anyone but its owner can change.
-    InitDataKeys {
-        /// Where (keep it outside the data directory).
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-/// `optouts` actions.
-#[derive(Debug, Subcommand)]
-pub enum OptoutsCommand {
-    /// Write every opt-out as CSV: number,scope,source,keyword,rule,recorded_by,at.
-    Export {
-        /// Output file (`-` for stdout).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Record opt-outs from a CSV whose first column is the number and optional second the scope.
-    Import {
-        /// CSV file (a header row is skipped if its first cell is not a number).
-        file: PathBuf,
-    },
-}
-
-/// `quarantine` actions.
-#[derive(Debug, Subcommand)]
-pub enum QuarantineCommand {
-    /// List them: original key, size, when, why.
-    List,
-}
-
-/// `audit` actions.
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Walk the hash chain; name the first broken entry.
-    Verify,
-    /// Copy the trail (JSON lines) for a SIEM.
-    Export {
-        /// Output file (`-` for stdout).
-        #[arg(long)]
-        out: PathBuf,
-        /// Only entries at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-    },
-}
-
 /// `demo` options.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -352,15 +252,15 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo(args) => crate::demo::run(args.config.as_deref()).await,
         Command::Serve(args) => serve(&args.config).await,
-        Command::Keys { action: KeysCommand::InitDataKeys { out }, .. } => init_data_keys(&out),
-        Command::Keys { action, config } => keys(action, &config).await,
+        Command::Keys { action: KeysCommand::InitDataKeys { out }, .. } => keys::init_data_keys(&out),
+        Command::Keys { action, config } => keys::keys(action, &config).await,
         Command::Accounts { action, config } => accounts::run(action, &Config::load_admin(&config)?).await,
         Command::Messages { action, config } => messages::run(action, &Config::load_admin(&config)?).await,
-        Command::Optouts { action, config } => optouts(action, &config).await,
-        Command::Audit { action, config } => audit(action, &config),
-        Command::Backup { out, force, config } => backup(&out, force, &config).await,
-        Command::Restore { file, config } => restore(&file, &config),
-        Command::Quarantine { action: QuarantineCommand::List, config } => quarantine_list(&config).await,
+        Command::Optouts { action, config } => records::optouts(action, &config).await,
+        Command::Audit { action, config } => records::audit(action, &config),
+        Command::Backup { out, force, config } => records::backup(&out, force, &config).await,
+        Command::Restore { file, config } => records::restore(&file, &config),
+        Command::Quarantine { action: QuarantineCommand::List, config } => records::quarantine_list(&config).await,
         Command::SmscSim(args) => smsc_sim(*args).await,
         Command::CheckConfig(CheckArgs { pin: Some(pem), .. }) => print_pins(&pem),
         Command::CheckConfig(args) => check_config(&args.config),
@@ -582,255 +482,11 @@ pub(super) async fn admin_call(config: &Config, request: AdminRequest) -> Result
     Ok(answer)
 }
 
-fn init_data_keys(out: &Path) -> Result<()> {
-    if out.exists() {
-        bail!("{} exists; refusing to overwrite data keys", out.display());
-    }
-    crate::fsutil::write_private(out, crate::crypto::Crypto::generate_file_text().as_bytes())
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "wrote {} (mode 0600). For the service: chown root:smsgate and chmod 0640 it. Back it up apart \
-         from the data: without it nothing stored can be read.",
-        out.display()
-    );
-    Ok(())
-}
-
-async fn keys(action: KeysCommand, config_path: &Path) -> Result<()> {
-    let config = Config::load_admin(config_path)?;
-    let request = match action {
-        KeysCommand::Create { name, account, scopes, rate, daily_quota } => {
-            let scopes = Scope::parse_list(&scopes).map_err(anyhow::Error::msg).context("--scopes")?;
-            AdminRequest::KeysCreate { account, name, scopes, rate_per_sec: rate, daily_segments: daily_quota }
-        }
-        KeysCommand::SetLimits { id, rate, daily_quota } => {
-            if rate.is_none() && daily_quota.is_none() {
-                bail!("give --rate and/or --daily-quota");
-            }
-            AdminRequest::KeysSetLimits { id, rate_per_sec: rate, daily_segments: daily_quota }
-        }
-        KeysCommand::SetPolicy { id, content_action, webhook_url, webhook_include_body } => {
-            AdminRequest::KeysSetPolicy { id, content_action, webhook_url, webhook_include_body }
-        }
-        KeysCommand::RotateDataKey => {
-            // The operator's command writes the key file; the service only reads it.
-            let path = config.crypto.key_file.as_ref().context("rotate-data-key needs [crypto] key_file")?;
-            let id = crate::crypto::Crypto::append_key(path)
-                .with_context(|| format!("adding a key to {}", path.display()))?;
-            eprintln!("added data key {id} to {}", path.display());
-            AdminRequest::RotateDataKey
-        }
-        KeysCommand::InitDataKeys { .. } => bail!("init-data-keys needs no config"),
-        KeysCommand::List => AdminRequest::KeysList,
-        KeysCommand::Revoke { id } => AdminRequest::KeysRevoke { id },
-    };
-    let answer = admin_call(&config, request).await?;
-    match answer {
-        AdminResponse::Created { key, token } => {
-            println!(
-                "id:      {}\naccount: {}\nname:    {}\nscopes:  {}\nlimits:  {}\ntoken:   {token}",
-                key.id,
-                key.account,
-                key.name,
-                scopes_text(&key.scopes),
-                limits_text(&key)
-            );
-            eprintln!("The token is shown only this once; store it in your secret manager.");
-        }
-        AdminResponse::Updated { key } => println!("{}: {}", key.id, limits_text(&key)),
-        AdminResponse::Keys { keys } => {
-            println!("{:<14} {:<8} {:<20} {:<34} {:<24} name", "id", "state", "scopes", "limits", "created");
-            for k in keys {
-                let state = if k.revoked_ms.is_some() { "revoked" } else { "active" };
-                println!(
-                    "{:<14} {:<8} {:<20} {:<34} {:<24} {}",
-                    k.id,
-                    state,
-                    scopes_text(&k.scopes),
-                    limits_text(&k),
-                    crate::message::rfc3339(k.created_ms),
-                    k.name
-                );
-            }
-        }
-        AdminResponse::Revoked { key } => println!("revoked {}", key.id),
-        AdminResponse::Rotated { key_id } => println!("new data key {key_id} in use; stored data re-sealed"),
-        AdminResponse::BackedUp { records } => println!("backup written ({records} records)"),
-        AdminResponse::Error { message } => bail!(message),
-        other => bail!("unexpected answer: {other:?}"),
-    }
-    Ok(())
-}
-
 pub(super) fn output(out: &Path) -> Result<Box<dyn std::io::Write>> {
     if out == Path::new("-") {
         return Ok(Box::new(std::io::stdout()));
     }
     Ok(Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?))
-}
-
-async fn optouts(action: OptoutsCommand, config_path: &Path) -> Result<()> {
-    let config = Config::load_admin(config_path)?;
-    match action {
-        OptoutsCommand::Export { out } => {
-            let AdminResponse::OptOuts { rows } = admin_call(&config, AdminRequest::OptOutsExport).await? else {
-                bail!("the export failed");
-            };
-            let mut w = csv::Writer::from_writer(output(&out)?);
-            w.write_record(["number", "scope", "source", "keyword", "rule", "recorded_by", "at"])?;
-            for r in &rows {
-                w.write_record(r)?;
-            }
-            w.flush()?;
-            eprintln!("exported {} opt-out(s)", rows.len());
-        }
-        OptoutsCommand::Import { file } => {
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_path(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let mut rows = Vec::new();
-            for (i, record) in reader.records().enumerate() {
-                let record = record.with_context(|| format!("{}: line {}", file.display(), i + 1))?;
-                let number = record.get(0).unwrap_or("").trim().to_string();
-                if i == 0 && !number.starts_with('+') {
-                    continue; // header
-                }
-                rows.push((number, record.get(1).unwrap_or("").to_string()));
-            }
-            match admin_call(&config, AdminRequest::OptOutsImport { rows }).await? {
-                AdminResponse::Imported { recorded, refused } => {
-                    println!("recorded {recorded} opt-out(s)");
-                    for r in &refused {
-                        eprintln!("refused {r}");
-                    }
-                }
-                AdminResponse::Error { message } => bail!(message),
-                other => bail!("unexpected answer: {other:?}"),
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn backup(out: &Path, force: bool, config_path: &Path) -> Result<()> {
-    if out.exists() && !force {
-        bail!("{} exists; choose another name, or --force to replace it", out.display());
-    }
-    let config = Config::load_admin(config_path)?;
-    // The server writes the file itself: give it an absolute path.
-    let out = std::path::absolute(out).with_context(|| format!("{}", out.display()))?;
-    match admin_call(&config, AdminRequest::Backup { out: out.clone() }).await? {
-        AdminResponse::BackedUp { records } => {
-            println!(
-                "wrote {} ({records} records + audit log). It holds sealed data only: keep the data keys separately.",
-                out.display()
-            );
-            Ok(())
-        }
-        AdminResponse::Error { message } => bail!(message),
-        other => bail!("unexpected answer: {other:?}"),
-    }
-}
-
-async fn quarantine_list(config_path: &Path) -> Result<()> {
-    let config = Config::load_admin(config_path)?;
-    match admin_call(&config, AdminRequest::QuarantineList).await? {
-        AdminResponse::Quarantined { entries } => {
-            println!("{:<24} {:>8}  {:<44} reason", "set aside at", "bytes", "key");
-            for e in &entries {
-                println!("{:<24} {:>8}  {:<44} {}", crate::message::rfc3339(e.at_ms), e.bytes, e.key, e.reason);
-            }
-            eprintln!("{} record(s) set aside", entries.len());
-            Ok(())
-        }
-        AdminResponse::Error { message } => bail!(message),
-        other => bail!("unexpected answer: {other:?}"),
-    }
-}
-
-fn restore(file: &Path, config_path: &Path) -> Result<()> {
-    let config = Config::load_admin(config_path)?;
-    let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
-    let r = crate::store::backup::restore(file, &config.data_dir, &crypto)
-        .with_context(|| format!("restoring {} into {}", file.display(), config.data_dir.display()))?;
-    if !r.authenticated {
-        eprintln!(
-            "warning: {} is a version 1 backup (a checksum, not a keyed MAC): it shows no damage, but could have been altered",
-            file.display()
-        );
-    }
-    println!("restored {} records and {} file(s) into {}", r.records, r.files, config.data_dir.display());
-    Ok(())
-}
-
-fn audit(action: AuditCommand, config_path: &Path) -> Result<()> {
-    use std::io::BufRead;
-    let config = Config::load_admin(config_path)?;
-    let dir = crate::audit::chain::dir(&config.data_dir);
-    match action {
-        AuditCommand::Verify => {
-            let crypto = config.crypto.load().map_err(anyhow::Error::msg).context("[crypto]")?;
-            match crate::audit::verify(&config.data_dir, &crypto.audit_key())? {
-                crate::audit::Verification::Intact { entries, legacy, files, first_seq, head } => {
-                    println!("{}: intact, {entries} entries in {files} file(s), head {head}", dir.display());
-                    if first_seq > 1 {
-                        println!("the chain starts at seq {first_seq}: older files were archived away");
-                    }
-                    if legacy > 0 {
-                        println!(
-                            "{legacy} entries are from before the chain was keyed (plain SHA-256): edits to them show, and \
-                             the first keyed entry fixes their head"
-                        );
-                    }
-                }
-                crate::audit::Verification::Broken { file, line, seq, reason } => {
-                    let seq = seq.map(|s| format!(" (seq {s})")).unwrap_or_default();
-                    bail!("{}: chain broken at line {line}{seq}: {reason}", file.display());
-                }
-            }
-        }
-        AuditCommand::Export { out, since } => {
-            let since =
-                since.map(|s| s.parse::<jiff::Timestamp>().with_context(|| format!("--since {s}"))).transpose()?;
-            let mut w = output(&out)?;
-            let mut n = 0;
-            for path in crate::audit::chain::files(&config.data_dir)? {
-                let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-                for line in std::io::BufReader::new(file).lines() {
-                    let line = line?;
-                    let keep = match since {
-                        None => true,
-                        Some(t) => serde_json::from_str::<crate::audit::Entry>(&line)
-                            .ok()
-                            .and_then(|e| e.at.parse::<jiff::Timestamp>().ok())
-                            .is_some_and(|at| at >= t),
-                    };
-                    if keep {
-                        writeln!(w, "{line}")?;
-                        n += 1;
-                    }
-                }
-            }
-            eprintln!("exported {n} audit entries");
-        }
-    }
-    Ok(())
-}
-
-fn limits_text(k: &crate::auth::ApiKey) -> String {
-    let rate = k.rate_per_sec.map(|r| format!("{r} req/s")).unwrap_or_else(|| "no rate limit".into());
-    let quota = k.daily_segments.map(|d| format!("{d} seg/day")).unwrap_or_else(|| "no quota".into());
-    format!("{rate}, {quota}")
-}
-
-fn scopes_text(scopes: &[Scope]) -> String {
-    scopes
-        .iter()
-        .map(|s| serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Parses `N` or `MIN-MAX`.
