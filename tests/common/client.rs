@@ -12,8 +12,10 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
-/// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request may take: longer than the server's own longest deadline (a body may
+/// wait `body_read_timeout_secs`, 30 s, for room in the body budget and is then answered 503),
+/// so that a test sees the server's answer rather than its own timeout; a hang still fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
