@@ -128,11 +128,15 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("data directory {}: {e}", dir.display())))?;
         let path = dir.join("store");
         discard_unfinished_snapshots(&path)?;
+        // No background flusher: the writer flushes and syncs after every group commit, and a
+        // flusher thread would hold sled's files (and its lock) for up to its interval after
+        // the last handle is gone, so a store closed in this process could not be reopened at
+        // once.
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(options.cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(500))
+            .flush_every_ms(None)
             .open()
             .map_err(|e| match e {
                 // sled reports a held lock only through the message text.
